@@ -1,0 +1,198 @@
+"""Benchmarks: measure, print a table, write JSON. Tests check correctness; these measure.
+
+    python -m minivar.bench tokenizer --ckpt out/tokenizer.pt --data-dir ../shared/data
+    python -m minivar.bench var --ckpt out/var.pt --data-dir ../shared/data
+    python -m minivar.bench var --random          # speed only, random weights, no data needed
+
+tokenizer: test PSNR (final and after each scale), codebook usage per scale, parameters,
+encode+decode images/s.
+var: test cross-entropy per scale beside each scale's unigram entropy; training
+throughput (tokens/s) and achieved FLOP/s as a fraction of an fp32 matmul peak measured
+in the same run; the cost of a whole training step relative to the transformer's own
+forward+backward; sampling images/s at batch 64 and latency at batch 1, with and without
+the KV cache.
+"""
+import argparse
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from minivar.checkpoint import CheckpointError, load_checkpoint
+from minivar.data import DataError, iterate_in_order, load_cifar10
+from minivar.device import pick_device
+from minivar.stages import frozen_tokenizer, unigram_entropy_per_scale
+from minivar.tokenizer import psnr
+from minivar.tokens import flatten_scales, split_scales, tokenize
+from minivar.var import VAR, VARConfig
+
+
+def timed(fn, repeats, warmup=1, device=None):
+    """Median seconds of fn() over `repeats` runs, after `warmup` runs."""
+    times = []
+    for i in range(warmup + repeats):
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device is not None and device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def matmul_peak_flops(device, n=2048, repeats=5):
+    """fp32 FLOP/s of one large square matmul: the ceiling a model's matmuls can reach."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    return 2 * n**3 / timed(lambda: a @ b, repeats, warmup=2, device=device)
+
+
+@torch.no_grad()
+def bench_tokenizer(args, device):
+    ckpt = load_checkpoint(args.ckpt, "tokenizer")
+    tok = frozen_tokenizer(ckpt["model_config"], ckpt["model"]).to(device)
+    images, labels = load_cifar10(args.data_dir, "test", download=False)
+    images, labels = images[:args.n], labels[:args.n]
+    K, V = len(tok.cfg.scales), tok.cfg.vocab_size
+    per_scale, hits_KV = torch.zeros(K), torch.zeros(K, V)
+    for x, _ in iterate_in_order(images, labels, 500, device):
+        idx_list = tok.encode(x)
+        for k, latent in enumerate(tok.quantizer.cumulative_latents(idx_list)):
+            per_scale[k] += psnr(tok.decoder(latent).float(), x).sum().cpu()
+            hits_KV[k] += torch.bincount(idx_list[k].flatten().cpu(), minlength=V)
+    x = next(iterate_in_order(images, labels, 256, device))[0]
+    seconds = timed(lambda: tok.decode(tok.encode(x)), repeats=5, device=device)
+    psnr_per_scale = (per_scale / len(images)).tolist()
+    return {"psnr": psnr_per_scale[-1], "psnr_per_scale": psnr_per_scale,
+            "usage_per_scale": (hits_KV > 0).float().mean(1).tolist(), "scales": list(tok.cfg.scales),
+            "params": tok.num_params(), "encode_decode_images_per_s": len(x) / seconds,
+            "test_images": len(images), "train_step": ckpt["step"], "train_minutes": ckpt["train_seconds"] / 60}
+
+
+def var_from_args(args, device):
+    """(model, tokenizer, checkpoint or None): from --ckpt, or random weights with --random."""
+    if args.random:
+        from minivar.tokenizer import Tokenizer, TokenizerConfig
+        torch.manual_seed(0)
+        tok = Tokenizer(TokenizerConfig()).eval().to(device)
+        return VAR(VARConfig(dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
+    ckpt = load_checkpoint(args.ckpt, "var")
+    model = VAR(VARConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device), frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"]).to(device), ckpt
+
+
+def transformer_train_flops(model, batch):
+    """FLOPs of one forward+backward: 6 per parameter per token for the matmuls (the
+    embedding tables do no matmuls), plus attention's two L×L×D products, times 3."""
+    L, D = model.seq_len, model.cfg.dim
+    matmul_params = sum(p.numel() for n, p in model.named_parameters()
+                        if p.dim() == 2 and not n.startswith(("class_emb", "level_emb", "pos_emb")))
+    attention = 2 * 2 * L * L * D * model.cfg.depth
+    return batch * (6 * matmul_params * L + 3 * attention)
+
+
+def bench_var(args, device):
+    model, tok, ckpt = var_from_args(args, device)
+    result = {"params": model.num_params(), "config": asdict(model.cfg)}
+    if ckpt is not None and args.data_dir:  # quality: test cross-entropy per scale
+        test = load_cifar10(args.data_dir, "test", download=False)
+        tokens = tokenize(tok, test[0][:args.n], device).long().to(device)
+        labels = test[1][:args.n].to(device)
+        model.eval()
+        sums = torch.zeros(len(model.cfg.scales))
+        with torch.no_grad():
+            for i in range(0, len(tokens), 250):
+                logits, _ = model(tok.teacher_forcing_inputs(split_scales(tokens[i:i + 250], model.cfg.scales)),
+                                  labels[i:i + 250])
+                sums += torch.tensor(model.loss_per_scale(logits, tokens[i:i + 250])) * len(logits)
+        weights = torch.tensor([s * s for s in model.cfg.scales]) / model.seq_len
+        ce, unigram = sums / len(tokens), torch.tensor(unigram_entropy_per_scale(tokens, model.cfg.scales, model.cfg.vocab_size))
+        result.update(ce=(ce * weights).sum().item(), ce_per_scale=ce.tolist(),
+                      unigram=(unigram * weights).sum().item(), unigram_per_scale=unigram.tolist())
+
+    # Training throughput: the transformer alone, and a whole stage step (inputs built from tokens).
+    B = args.batch
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    idx_list = [torch.randint(model.cfg.vocab_size, (B, s, s), device=device) for s in model.cfg.scales]
+    targets, labels = flatten_scales(idx_list), torch.randint(10, (B,), device=device)
+    x = tok.teacher_forcing_inputs(idx_list)
+
+    def transformer_only():
+        _, loss = model(x, labels, targets)
+        loss.backward()
+
+    def stage_step():
+        with torch.no_grad():
+            inputs = tok.teacher_forcing_inputs(split_scales(targets, model.cfg.scales))
+        _, loss = model(inputs, labels, targets)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    peak = matmul_peak_flops(device)
+    t_model = timed(transformer_only, args.repeats, device=device)
+    t_step = timed(stage_step, args.repeats, device=device)
+    flops = transformer_train_flops(model, B)
+    result.update(train_batch=B, train_tokens_per_s=B * model.seq_len / t_step, matmul_peak_gflops=peak / 1e9,
+                  achieved_gflops=flops / t_model / 1e9, fraction_of_peak=flops / t_model / peak,
+                  stage_step_over_transformer=t_step / t_model)
+
+    # Sampling, with and without the KV cache; the same seed must give the same images.
+    model.eval()
+    for batch in (64, 1):
+        labels = torch.arange(batch, device=device) % 10
+        for cache in (True, False):
+            run = lambda: model.generate(tok.quantizer, labels, cfg=1.5, use_cache=cache,
+                                         generator=torch.Generator(device).manual_seed(0))
+            t = timed(run, args.repeats, device=device)
+            key = f"sample_b{batch}_{'cache' if cache else 'nocache'}"
+            result[key + "_s"] = t
+            result[key + "_images_per_s"] = batch / t
+        result[f"sample_b{batch}_cache_speedup"] = result[f"sample_b{batch}_nocache_s"] / result[f"sample_b{batch}_cache_s"]
+    return result
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="minivar benchmarks: print a table, write JSON")
+    p.add_argument("what", choices=["tokenizer", "var"])
+    p.add_argument("--ckpt", help="checkpoint to measure")
+    p.add_argument("--data-dir", default="./data")
+    p.add_argument("--n", type=int, default=10_000, help="test images for quality figures")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", help="JSON file (default: bench_<what>.json)")
+    p.add_argument("--random", action="store_true", help="var: random weights, speed only")
+    p.add_argument("--dim", type=int, default=192), p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--batch", type=int, default=64, help="var: training batch")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    if not args.random and not args.ckpt:
+        p.error(f"{args.what}: give --ckpt PATH" + (" (or --random for speed alone)" if args.what == "var" else ""))
+    try:
+        device = pick_device(args.device)
+        torch.manual_seed(0)
+        result = (bench_tokenizer if args.what == "tokenizer" else bench_var)(args, device)
+    except (CheckpointError, DataError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    result["machine"] = {"device": str(device), "cpu": platform.processor() or platform.machine(),
+                         "threads": torch.get_num_threads(), "torch": torch.__version__}
+    result["command"] = "python -m minivar.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    for key, value in result.items():
+        if key not in ("config", "machine", "command"):
+            print(f"{key:34s} " + (" ".join(f"{v:.3f}" for v in value) if isinstance(value, list)
+                                   else f"{value:.4g}" if isinstance(value, float) else str(value)))
+    out = Path(args.out or f"bench_{args.what}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

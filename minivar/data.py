@@ -1,0 +1,159 @@
+"""CIFAR-10: find it, download it if needed, hold it in memory, serve batches.
+
+- Layout: the official "CIFAR-10 python version" (data_batch_1..5, test_batch,
+  batches.meta) inside `<data_dir>/cifar-10-batches-py/`.
+- Download: the official tarball, md5-checked, extracted into a temporary folder and
+  renamed into place, so an interrupted or corrupt download never leaves a broken
+  data directory behind.
+- Batches: the whole split lives on the device as uint8 (150 MB for train). The
+  order of every epoch is a fixed function of (seed, epoch) and the flips of a batch
+  a fixed function of (seed, step): resuming at step t gives exactly the batches an
+  uninterrupted run would have seen, with no loader state to save. (EpochSampler does
+  the same for the cached token maps that VAR trains on.)
+Left out: other datasets, augmentations beyond horizontal flips, worker processes
+(nothing to load once the split is in memory).
+"""
+import hashlib
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+# MINIVAR_CIFAR_URL points the downloader at a mirror (the md5 is still checked).
+CIFAR_URL = os.environ.get("MINIVAR_CIFAR_URL", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_FOLDER = "cifar-10-batches-py"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLIT_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+class DataError(Exception):
+    """Missing or unreadable data, said in one line with what to do about it."""
+
+
+def cifar_folder(data_dir) -> Path:
+    """The folder holding the batch files: `data_dir/cifar-10-batches-py`, or data_dir itself."""
+    data_dir = Path(data_dir)
+    if (data_dir / "batches.meta").is_file():
+        return data_dir
+    return data_dir / CIFAR_FOLDER
+
+
+def download_cifar10(data_dir, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> Path:
+    """Download and extract the official tarball into data_dir; returns the batch folder."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+        tarball = Path(tmp) / "cifar-10-python.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response, open(tarball, "wb") as out:
+                total = int(response.headers.get("Content-Length", 0)) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc="downloading CIFAR-10") as bar:
+                    while chunk := response.read(1 << 20):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+        except OSError as e:  # URLError, timeouts, refused connections are all OSErrors
+            raise DataError(f"could not download CIFAR-10 from {url} ({getattr(e, 'reason', e)}); "
+                            f"without internet, copy the 'cifar-10-batches-py' folder of the official "
+                            f"python release into {data_dir} or pass --data-dir to where it is") from None
+        digest = hashlib.md5(tarball.read_bytes()).hexdigest()
+        if digest != md5:
+            raise DataError(f"downloaded CIFAR-10 has md5 {digest}, expected {md5}: the download is corrupt; "
+                            f"run again to retry")
+        with tarfile.open(tarball) as tar:
+            tar.extractall(tmp, filter="data")
+        shutil.move(str(Path(tmp) / CIFAR_FOLDER), str(data_dir / CIFAR_FOLDER))  # whole folder or nothing
+    return data_dir / CIFAR_FOLDER
+
+
+def load_cifar10(data_dir, split: str, download: bool = True):
+    """Return (images uint8 N×3×32×32, labels int64 N) for split 'train' or 'test'."""
+    folder = cifar_folder(data_dir)
+    if not folder.is_dir():
+        if not download:
+            raise DataError(f"CIFAR-10 not found in {data_dir} (expected {folder}/); "
+                            f"pass --data-dir to a folder holding cifar-10-batches-py")
+        folder = download_cifar10(data_dir)
+    images, labels = [], []
+    for name in SPLIT_FILES[split]:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+        except FileNotFoundError:
+            raise DataError(f"{path} is missing: {folder} is not a complete CIFAR-10 copy; "
+                            f"delete it to download again, or pass --data-dir to a complete one") from None
+        except Exception as e:
+            raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}); "
+                            f"delete {folder} to download again, or pass --data-dir to a good copy") from None
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1], the range the tokenizer works in."""
+    return images_uint8.float().div(127.5).sub(1.0)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], for saving and for metrics."""
+    return images.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+class EpochSampler:
+    """Which rows make up the batch of a given step.
+
+    A pure function of (seed, step): each epoch's order comes from a generator seeded
+    with (seed, epoch), so resuming at step t needs no saved loader state.
+    `rank`/`world_size` give each data-parallel process a disjoint slice of the batch.
+    """
+
+    def __init__(self, n_rows, batch_size, seed=0, rank=0, world_size=1):
+        if batch_size > n_rows:
+            raise DataError(f"batch size {batch_size} is larger than the data ({n_rows} rows); use a smaller --batch-size")
+        self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.batches_per_epoch = n_rows // batch_size  # drop the ragged last batch
+        self._epoch, self._order = None, None
+
+    def generator(self, stream: int, n: int) -> torch.Generator:
+        # Integer mixing, not hash(): Python salts string hashes per process.
+        return torch.Generator().manual_seed((self.seed * 1_000_003 + n) * 4 + stream)
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.batches_per_epoch)
+        if epoch != self._epoch:  # a new permutation once per epoch
+            self._epoch, self._order = epoch, torch.randperm(self.n_rows, generator=self.generator(0, epoch))
+        idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
+        return idx.chunk(self.world_size)[self.rank]
+
+
+class Batches:
+    """Shuffled, randomly flipped image batches of one split, held on `device` as uint8.
+    The flips of a step come from a generator seeded with (seed, step)."""
+
+    def __init__(self, images_uint8, labels, batch_size, device, seed=0, flip=True, rank=0, world_size=1):
+        self.sampler = EpochSampler(len(images_uint8), batch_size, seed, rank, world_size)
+        self.images, self.labels, self.flip = images_uint8.to(device), labels.to(device), flip
+
+    def batch(self, step: int):
+        idx = self.sampler.indices(step).to(self.images.device)
+        x = to_float(self.images[idx])
+        if self.flip:
+            flip = torch.rand(len(idx), generator=self.sampler.generator(1, step)) < 0.5
+            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+        return x, self.labels[idx]
+
+
+def iterate_in_order(images_uint8, labels, batch_size, device):
+    """Plain sequential batches (float [-1, 1]) over a whole split, for evaluation."""
+    for i in range(0, len(images_uint8), batch_size):
+        yield to_float(images_uint8[i:i + batch_size].to(device)), labels[i:i + batch_size].to(device)

@@ -1,0 +1,51 @@
+"""Pieces of sampling shared by VAR and the AR baseline: the KV cache, classifier-free
+guidance, and top-k / top-p / temperature sampling.
+
+Left out: the loop itself, which is each model's `generate` (var.py).
+"""
+import torch
+import torch.nn.functional as F
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for one attention layer.
+
+    Preallocated to the full sequence length, so adding a step is a copy into a slice
+    (no torch.cat, whose cost grows with the sequence)."""
+
+    def __init__(self, batch, heads, max_len, head_dim, device, dtype):
+        self.k = torch.empty(batch, heads, max_len, head_dim, device=device, dtype=dtype)
+        self.v = torch.empty_like(self.k)
+        self.len = 0
+
+    def append(self, k_BHlD, v_BHlD):
+        """Store the new tokens' keys/values; return keys/values of every token so far."""
+        n = k_BHlD.shape[2]
+        self.k[:, :, self.len:self.len + n] = k_BHlD
+        self.v[:, :, self.len:self.len + n] = v_BHlD
+        self.len += n
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]
+
+
+def guided_logits(logits_2BlV, weight):
+    """Classifier-free guidance (Ho & Salimans, 2022) on a batch stacked as [cond; uncond]:
+    (1 + w)·cond − w·uncond. w = 0 gives the conditional logits unchanged."""
+    cond, uncond = logits_2BlV.chunk(2)
+    return (1 + weight) * cond - weight * uncond
+
+
+def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """Draw one token per position. top_k=0 and top_p=1 switch those filters off."""
+    logits = logits_BlV.float() / max(temperature, 1e-6)
+    V = logits.shape[-1]
+    if 0 < top_k < V:  # keep the k most likely tokens
+        kth_best = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth_best, float("-inf"))
+    if top_p < 1.0:  # keep the smallest set of tokens whose probability reaches top_p
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).view(logits.shape[:-1])

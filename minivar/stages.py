@@ -1,0 +1,167 @@
+"""What each training stage does in one step, at evaluation, and in its picture.
+
+train.py runs one loop for every stage; a stage object supplies the parts that differ:
+
+    stage.model                  the nn.Module being trained
+    stage.loss(step)             (loss, metrics) on the batch of this step
+    stage.after_step(step, opt)  housekeeping after the optimizer step (e.g. re-seeding codes)
+    stage.evaluate()             metrics on the test split
+    stage.save_picture(path)     a PNG to look at after each evaluation
+    stage.checkpoint()           what, besides weights and optimizer, a checkpoint carries
+"""
+from dataclasses import asdict
+
+import torch
+
+from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
+from minivar.device import autocast
+from minivar.plots import save_reconstruction_grid, save_sample_grid
+from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
+from minivar.tokens import cached_tokens, split_scales
+from minivar.var import VAR
+
+
+class TokenizerStage:
+    kind, items = "tokenizer", "img"  # the progress bar counts images per second
+
+    def __init__(self, tcfg, model_cfg: TokenizerConfig, train_data, test_data, device):
+        self.tcfg, self.device = tcfg, device
+        self.model = Tokenizer(model_cfg).to(device)
+        self.items_per_step = tcfg.batch_size
+        self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed)
+        self.test_images, self.test_labels = test_data[0][:tcfg.eval_images], test_data[1][:tcfg.eval_images]
+        self._last_latent = None
+        self._usage = self.model.quantizer.usage_per_scale()  # over the last full re-seed window
+
+    def loss(self, step):
+        x, _ = self.batches.batch(step)
+        with autocast(self.device):
+            x_rec, loss, info = self.model(x)
+        self._last_latent = info["f"].detach().float()
+        return loss, {"loss": loss.item(), "psnr": psnr(x_rec.float(), x).mean().item(),
+                      "usage": self._usage[-1].item(), "usage_min": self._usage.min().item()}
+
+    def after_step(self, step, optimizer):
+        """Every `reseed_every` steps, codes no scale used since the last check are moved
+        onto current residuals, and their Adam moments are cleared so that stale
+        statistics do not throw the fresh codes around."""
+        if (step + 1) % self.tcfg.reseed_every:
+            return {}
+        self._usage = self.model.quantizer.usage_per_scale()
+        dead = self.model.quantizer.reseed_dead_codes(self._last_latent)
+        state = optimizer.state.get(self.model.quantizer.codebook.weight, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                state[key][dead] = 0
+        return {"reseeded": len(dead)}
+
+    @torch.no_grad()
+    def evaluate(self, per_scale_images=500):
+        """Test PSNR of the full reconstruction; PSNR after each scale on a subset; usage per scale."""
+        self.model.eval()
+        scores, hits_KV = [], torch.zeros_like(self.model.quantizer.hits_KV)
+        for x, _ in iterate_in_order(self.test_images, self.test_labels, 250, self.device):
+            idx_list = self.model.encode(x)
+            for k, idx in enumerate(idx_list):
+                hits_KV[k] += torch.bincount(idx.flatten(), minlength=hits_KV.shape[1])
+            scores.append(psnr(self.model.decode(idx_list).float(), x))
+        x = iterate_in_order(self.test_images[:per_scale_images], self.test_labels, per_scale_images, self.device)
+        x = next(x)[0]
+        per_scale = [psnr(rec.float(), x).mean().item() for rec in self.model.cumulative_reconstructions(x)]
+        self.model.train()
+        usage = (hits_KV > 0).float().mean(1).tolist()
+        return {"psnr": torch.cat(scores).mean().item(), "psnr_per_scale": per_scale, "usage_per_scale": usage}
+
+    @torch.no_grad()
+    def save_picture(self, path):
+        self.model.eval()
+        x = next(iterate_in_order(self.test_images[:8], self.test_labels, 8, self.device))[0]
+        recs = self.model.cumulative_reconstructions(x)
+        self.model.train()
+        save_reconstruction_grid(x, recs, self.model.cfg.scales, path)
+
+    def checkpoint(self):
+        return {}
+
+
+def frozen_tokenizer(config: dict, state: dict):
+    """Rebuild a tokenizer from a checkpoint's config and weights, for inference only."""
+    tokenizer = Tokenizer(TokenizerConfig(**config))
+    tokenizer.load_state_dict(state)
+    return tokenizer.eval().requires_grad_(False)
+
+
+def unigram_entropy_per_scale(tokens_NL, scales, vocab_size):
+    """Entropy (nats) of each scale's token frequencies: the loss of a model that ignores
+    everything but which scale it is at. A transformer has to beat this to have learned anything."""
+    out = []
+    for idx in split_scales(tokens_NL.long(), scales):
+        p = torch.bincount(idx.flatten(), minlength=vocab_size).float()
+        p = p[p > 0] / p.sum()
+        out.append(-(p * p.log()).sum().item())
+    return out
+
+
+class VARStage:
+    """Next-scale prediction on cached token maps of a frozen tokenizer."""
+    kind, items = "var", "tok"  # the progress bar counts tokens per second
+
+    def __init__(self, tcfg, model_cfg, train_data, test_data, device, tokenizer_config, tokenizer_state):
+        self.tcfg, self.device = tcfg, device
+        self.tokenizer = frozen_tokenizer(tokenizer_config, tokenizer_state).to(device)
+        self.tokenizer_config, self.tokenizer_state = tokenizer_config, tokenizer_state
+        self.scales = self.tokenizer.cfg.scales
+        train_tok, self.train_labels, test_tok, test_labels = cached_tokens(
+            self.tokenizer, tcfg.out_dir, train_data, test_data, device)
+        self.train_tokens = train_tok.to(device)
+        self.test_tokens, self.test_labels = test_tok[:tcfg.eval_images].to(device), test_labels[:tcfg.eval_images].to(device)
+        self.train_labels = self.train_labels.to(device)
+        self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed)
+        self.model = VAR(model_cfg).to(device)
+        self.items_per_step = tcfg.batch_size * self.model.seq_len
+        self.unigram = unigram_entropy_per_scale(self.test_tokens, self.scales, model_cfg.vocab_size)
+
+    def inputs(self, tokens_BL):
+        """Teacher forcing: the transformer's inputs, built from the true token maps."""
+        with torch.no_grad():
+            return self.tokenizer.teacher_forcing_inputs(split_scales(tokens_BL, self.scales))
+
+    def loss(self, step):
+        idx = self.sampler.indices(step).to(self.device)
+        tokens, labels = self.train_tokens[idx].long(), self.train_labels[idx]
+        with autocast(self.device):
+            logits, loss = self.model(self.inputs(tokens), labels, tokens)
+        return loss, {"loss": loss.item(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
+
+    def after_step(self, step, optimizer):
+        return {}
+
+    @torch.no_grad()
+    def evaluate(self):
+        """Test cross-entropy per scale (nats per token), next to each scale's unigram entropy."""
+        self.model.eval()
+        sums, n = None, 0
+        for i in range(0, len(self.test_tokens), 250):
+            tokens, labels = self.test_tokens[i:i + 250].long(), self.test_labels[i:i + 250]
+            with autocast(self.device):
+                logits, _ = self.model(self.inputs(tokens), labels)
+            per_scale = torch.tensor(self.model.loss_per_scale(logits, tokens)) * len(tokens)
+            sums, n = per_scale if sums is None else sums + per_scale, n + len(tokens)
+        self.model.train()
+        ce = (sums / n).tolist()
+        weights = [s * s / self.model.seq_len for s in self.scales]
+        return {"ce": sum(w * c for w, c in zip(weights, ce)), "ce_per_scale": ce,
+                "unigram": sum(w * u for w, u in zip(weights, self.unigram)), "unigram_per_scale": self.unigram}
+
+    @torch.no_grad()
+    def save_picture(self, path, per_class=8, cfg=1.5, seed=0):
+        self.model.eval()
+        labels = torch.arange(len(CLASSES), device=self.device).repeat_interleave(per_class)
+        gen = torch.Generator(self.device).manual_seed(seed)
+        idx_list = self.model.generate(self.tokenizer.quantizer, labels, cfg=cfg, generator=gen)
+        self.model.train()
+        save_sample_grid(self.tokenizer.decode(idx_list), CLASSES, per_class, path)
+
+    def checkpoint(self):
+        """A VAR checkpoint carries its tokenizer, so sample.py needs this one file."""
+        return {"tokenizer": self.tokenizer_state, "tokenizer_config": self.tokenizer_config}

@@ -1,0 +1,76 @@
+"""Transformer blocks shared by VAR and the AR baseline: a GPT-style pre-norm block whose
+layer norms are modulated by the class (adaptive layer norm, as in DiT and VAR §4).
+
+    x = x + gate1 · Attention(LN(x)·(1 + scale1) + shift1)
+    x = x + gate2 · MLP(LN(x)·(1 + scale2) + shift2)
+
+(shift, scale, gate) come from the class embedding through one linear layer, zero-
+initialised so every block starts as the identity (adaLN-Zero). Queries and keys are
+RMS-normalised per head (q/k normalisation), which keeps attention logits bounded and
+training stable at the high learning rates small models like.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Attention(nn.Module):
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm, self.k_norm = nn.RMSNorm(dim // heads), nn.RMSNorm(dim // heads)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x_BLD, mask_LL=None, cache=None):
+        """Full pass with a boolean mask (training), or new tokens only with a KV cache
+        (sampling: the cache holds every earlier token, all of which the new ones may see)."""
+        B, L, D = x_BLD.shape
+        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3×B×H×L×Dh
+        q, k = self.q_norm(q), self.k_norm(k)
+        if cache is not None:
+            k, v = cache.append(k, v)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL)
+        return self.proj(y.transpose(1, 2).reshape(B, L, D))
+
+
+class AdaLNBlock(nn.Module):
+    def __init__(self, dim, heads, mlp_ratio=4):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+                                 nn.Linear(mlp_ratio * dim, dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x_BLD, cond_BD, mask_LL=None, cache=None):
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond_BD)[:, None].chunk(6, dim=-1)
+        x_BLD = x_BLD + gate1 * self.attn(self.norm1(x_BLD) * (1 + scale1) + shift1, mask_LL, cache)
+        return x_BLD + gate2 * self.mlp(self.norm2(x_BLD) * (1 + scale2) + shift2)
+
+
+class AdaLNHead(nn.Module):
+    """Final adaptive layer norm, then logits over the codebook."""
+
+    def __init__(self, dim, vocab_size):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.out = nn.Linear(dim, vocab_size)
+
+    def forward(self, x_BLD, cond_BD):
+        shift, scale = self.ada(cond_BD)[:, None].chunk(2, dim=-1)
+        return self.out(self.norm(x_BLD) * (1 + scale) + shift)
+
+
+def init_weights(model):
+    """GPT-2 style small normal weights and zero biases; then the adaLN layers to zero."""
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+    for m in model.modules():
+        if isinstance(m, (AdaLNBlock, AdaLNHead)):
+            nn.init.zeros_(m.ada[1].weight), nn.init.zeros_(m.ada[1].bias)

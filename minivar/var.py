@@ -1,0 +1,139 @@
+"""VAR: a class-conditional transformer that predicts the next *scale*, not the next token.
+
+The sequence for scales (1, 2, 3, ..., 8) is
+
+    [class token] [input block of scale 2: 4 tokens] [scale 3: 9 tokens] ... [scale 8: 64]
+
+and output block k holds the logits of scale k's token map (paper §3.1, Eq. 6):
+output 0 (the class token's position) predicts the 1×1 map; the input block of scale
+k+1 is the cumulative reconstruction after scale k, area-resized to s_{k+1}×s_{k+1}
+(quantizer.add_scale). Targets are therefore NOT shifted, unlike GPT. The block-causal
+mask (mask.py) lets every token see all coarser scales and its own; all tokens of a
+scale are predicted, and sampled, at once.
+
+References: Tian et al. 2024 (VAR); nanoGPT for the layout of this file.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from minivar.mask import block_causal_mask, scale_block_sizes
+from minivar.sampling import KVCache, guided_logits, sample_tokens
+from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
+
+
+@dataclass
+class VARConfig:
+    scales: tuple = (1, 2, 3, 4, 5, 6, 8)  # must equal the tokenizer's
+    vocab_size: int = 512  # the tokenizer's codebook size
+    latent_dim: int = 32  # the tokenizer's code dimension C
+    num_classes: int = 10  # class id num_classes is the null class of CFG
+    dim: int = 256  # transformer width D
+    depth: int = 6  # number of blocks
+    heads: int = 4
+    mlp_ratio: int = 4
+    class_dropout: float = 0.1  # training: a label becomes the null class with this probability
+
+
+class VAR(nn.Module):
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        self.cfg = cfg
+        block_sizes = scale_block_sizes(cfg.scales)
+        self.seq_len = sum(block_sizes)  # 155 for the default scales
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # +1: the null class
+        self.input_proj = nn.Linear(cfg.latent_dim, cfg.dim)  # teacher-forcing features -> tokens
+        self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len, cfg.dim))  # where in the sequence
+        self.level_emb = nn.Embedding(len(cfg.scales), cfg.dim)  # which scale a token belongs to
+        self.blocks = nn.ModuleList(AdaLNBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
+        self.head = AdaLNHead(cfg.dim, cfg.vocab_size)
+        # Constant tensors, rebuilt from the config (not saved in checkpoints).
+        self.register_buffer("mask_LL", block_causal_mask(block_sizes), persistent=False)
+        self.register_buffer("level_L", torch.repeat_interleave(torch.arange(len(block_sizes)),
+                                                                torch.tensor(block_sizes)), persistent=False)
+        init_weights(self)
+        nn.init.normal_(self.pos_emb, std=0.02)
+
+    def embed(self, x_BlC, cond_BD, start):
+        """Tokens for sequence positions start..start+l: the class token at position 0,
+        projected teacher-forcing features after it; plus position and level embeddings."""
+        tokens = [cond_BD[:, None]] if start == 0 else []
+        if x_BlC.shape[1] > 0:
+            tokens.append(self.input_proj(x_BlC))
+        h = torch.cat(tokens, dim=1)
+        positions = slice(start, start + h.shape[1])
+        return h + self.pos_emb[:, positions] + self.level_emb(self.level_L[positions])
+
+    def forward(self, x_BLC, labels_B, targets_BL=None):
+        """Training / scoring pass over the whole sequence.
+
+        x_BLC: teacher-forcing inputs of scales 2..K (tokenizer.teacher_forcing_inputs), B×(L−1)×C.
+        targets_BL: the token maps of all K scales, flattened and concatenated.
+        Returns (logits B×L×V, mean cross-entropy or None).
+        """
+        if self.training and self.cfg.class_dropout > 0:  # learn the unconditional model too, for CFG
+            drop = torch.rand(labels_B.shape, device=labels_B.device) < self.cfg.class_dropout
+            labels_B = torch.where(drop, self.cfg.num_classes, labels_B)
+        cond_BD = self.class_emb(labels_B)
+        h = self.embed(x_BLC, cond_BD, start=0)
+        for block in self.blocks:
+            h = block(h, cond_BD, self.mask_LL)
+        logits_BLV = self.head(h, cond_BD)
+        loss = None
+        if targets_BL is not None:
+            loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), targets_BL.flatten())
+        return logits_BLV, loss
+
+    def loss_per_scale(self, logits_BLV, targets_BL):
+        """Mean cross-entropy of each scale's tokens (nats): a list of K numbers."""
+        ce_BL = F.cross_entropy(logits_BLV.transpose(1, 2).float(), targets_BL, reduction="none")
+        return [ce_BL[:, self.level_L == k].mean().item() for k in range(len(self.cfg.scales))]
+
+    @torch.no_grad()
+    def generate(self, quantizer, labels_B, cfg=1.5, temperature=1.0, top_k=0, top_p=1.0,
+                 generator=None, use_cache=True, return_logits=False):
+        """Sample the K token maps of one image per label, coarse to fine (paper Alg. 2).
+
+        CFG: the batch runs twice, with the class and with the null class, and the logits
+        are mixed with a weight growing linearly from 0 at scale 1 to `cfg` at the last
+        scale. use_cache=False reruns the whole prefix at every scale (for benchmarks).
+        Returns the K index maps (and, if asked, the guided logits of every scale).
+        """
+        B, K, scales = len(labels_B), len(self.cfg.scales), self.cfg.scales
+        null_B = torch.full_like(labels_B, self.cfg.num_classes)
+        cond_2BD = self.class_emb(torch.cat([labels_B, null_B]))  # [conditional; unconditional]
+        caches = None
+        if use_cache:
+            caches = [KVCache(2 * B, self.cfg.heads, self.seq_len, self.cfg.dim // self.cfg.heads,
+                              cond_2BD.device, cond_2BD.dtype) for _ in self.blocks]
+        f_hat = cond_2BD.new_zeros(B, self.cfg.latent_dim, scales[-1], scales[-1])
+        next_in_2BlC = cond_2BD.new_zeros(2 * B, 0, self.cfg.latent_dim)  # scale 1 has only the class token
+        seen = []  # uncached mode: every input so far
+        idx_list, all_logits, start = [], [], 0
+        for k, side in enumerate(scales):
+            if use_cache:  # run only this scale's tokens; earlier ones are in the cache
+                h = self.embed(next_in_2BlC, cond_2BD, start)
+                for block, cache in zip(self.blocks, caches):
+                    h = block(h, cond_2BD, cache=cache)
+            else:  # rerun the whole prefix under the block-causal mask, keep the last block
+                seen.append(next_in_2BlC)
+                n = start + side * side
+                h = self.embed(torch.cat(seen, dim=1), cond_2BD, 0)
+                for block in self.blocks:
+                    h = block(h, cond_2BD, self.mask_LL[:n, :n])
+                h = h[:, start:]
+            weight = cfg * k / max(K - 1, 1)
+            logits_BlV = guided_logits(self.head(h, cond_2BD), weight)
+            idx_Bl = sample_tokens(logits_BlV, temperature, top_k, top_p, generator)
+            idx_list.append(idx_Bl.view(B, side, side))
+            all_logits.append(logits_BlV)
+            f_hat, next_in = quantizer.add_scale(f_hat, idx_list[-1], k)  # the same function as training
+            if next_in is not None:
+                next_in_2BlC = next_in.flatten(2).transpose(1, 2).repeat(2, 1, 1)
+            start += side * side
+        return (idx_list, all_logits) if return_logits else idx_list
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())

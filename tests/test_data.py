@@ -1,0 +1,88 @@
+import hashlib
+import io
+import tarfile
+
+import pytest
+import torch
+
+from minivar.data import Batches, DataError, download_cifar10, load_cifar10
+from tests.conftest import write_fake_cifar
+
+
+def test_loads_official_layout(fake_data_dir):
+    x, y = load_cifar10(fake_data_dir, "train")
+    assert x.shape == (200, 3, 32, 32) and x.dtype == torch.uint8
+    assert y.shape == (200,) and 0 <= y.min() and y.max() <= 9
+    assert load_cifar10(fake_data_dir, "test")[0].shape == (100, 3, 32, 32)
+
+
+def test_real_cifar_matches_official_statistics(shared_cifar):
+    x, y = load_cifar10(shared_cifar, "train", download=False)
+    assert x.shape == (50000, 3, 32, 32) and torch.bincount(y).tolist() == [5000] * 10
+    mean = (x.float() / 255).mean(dim=(0, 2, 3))
+    assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=2e-3)
+
+
+def test_batches_are_a_function_of_step_and_shuffle_each_epoch(fake_data_dir):
+    x, y = load_cifar10(fake_data_dir, "train")
+    batches = Batches(x, y, batch_size=50, device="cpu", seed=1)
+    a, la = batches.batch(3)
+    b, lb = Batches(x, y, batch_size=50, device="cpu", seed=1).batch(3)  # a fresh object: same batch
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert a.min() >= -1 and a.max() <= 1
+    epoch0 = torch.cat([batches.batch(s)[1] for s in range(4)])
+    epoch1 = torch.cat([batches.batch(s)[1] for s in range(4, 8)])
+    assert sorted(epoch0.tolist()) == sorted(y.tolist())  # every image once per epoch
+    assert not torch.equal(epoch0, epoch1)  # in a new order
+
+
+def test_flips_are_horizontal_and_random(fake_data_dir):
+    x, y = load_cifar10(fake_data_dir, "train")
+    plain = Batches(x, y, 200, "cpu", seed=0, flip=False).batch(0)[0]
+    flipped = Batches(x, y, 200, "cpu", seed=0, flip=True).batch(0)[0]
+    same = (plain == flipped).flatten(1).all(1)
+    mirrored = (plain.flip(3) == flipped).flatten(1).all(1)
+    assert (same | mirrored).all() and 0.2 < mirrored.float().mean() < 0.8
+
+
+def test_ranks_get_disjoint_halves(fake_data_dir):
+    x, y = load_cifar10(fake_data_dir, "train")
+    whole = Batches(x, y, 40, "cpu", seed=0, flip=False).batch(2)[0]
+    halves = [Batches(x, y, 40, "cpu", seed=0, flip=False, rank=r, world_size=2).batch(2)[0] for r in range(2)]
+    assert torch.equal(torch.cat(halves), whole)
+
+
+def _tarball(tmp_path):
+    write_fake_cifar(tmp_path / "src" / "cifar-10-batches-py", n_train=10, n_test=5)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    path = tmp_path / "cifar-10-python.tar.gz"
+    path.write_bytes(buf.getvalue())
+    return path, hashlib.md5(buf.getvalue()).hexdigest()
+
+
+def test_download_verifies_and_extracts(tmp_path):
+    tarball, md5 = _tarball(tmp_path)
+    folder = download_cifar10(tmp_path / "data", url=tarball.as_uri(), md5=md5)
+    assert load_cifar10(tmp_path / "data", "test")[0].shape == (5, 3, 32, 32)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["cifar-10-batches-py"]  # no leftovers
+    assert folder == tmp_path / "data" / "cifar-10-batches-py"
+
+
+def test_corrupt_download_leaves_nothing_behind(tmp_path):
+    tarball, _ = _tarball(tmp_path)
+    with pytest.raises(DataError, match="md5"):
+        download_cifar10(tmp_path / "data", url=tarball.as_uri(), md5="0" * 32)
+    assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_offline_download_says_what_to_do(tmp_path):
+    with pytest.raises(DataError, match="could not download.*cifar-10-batches-py"):
+        download_cifar10(tmp_path / "data", url=(tmp_path / "nowhere.tar.gz").as_uri())
+
+
+def test_truncated_batch_file_is_reported(fake_data_dir):
+    (fake_data_dir / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="not a readable CIFAR-10 batch"):
+        load_cifar10(fake_data_dir, "test")

@@ -1,0 +1,113 @@
+"""train.py and sample.py end to end, on a tiny synthetic CIFAR-10 (--preset tiny)."""
+import os
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.conftest import run_script
+
+OFFLINE = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz"}
+
+
+def train(*args):
+    result = run_script("train.py", "--preset", "tiny", *args, env=OFFLINE)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One uninterrupted run of both stages: tokenizer, then VAR."""
+    from tests.conftest import write_fake_cifar
+    root = tmp_path_factory.mktemp("train")
+    write_fake_cifar(root / "data" / "cifar-10-batches-py")
+    train("--data-dir", root / "data", "--out-dir", root / "full")
+    return root
+
+
+def test_runs_both_stages_and_writes_checkpoints(trained):
+    full = trained / "full"
+    for name in ("tokenizer.pt", "var.pt", "tokenizer_log.jsonl", "var_log.jsonl"):
+        assert (full / name).is_file(), name
+    assert list(full.glob("tokenizer_step*.png")) and list(full.glob("var_step*.png"))
+    ckpt = torch.load(full / "var.pt", weights_only=True)
+    assert ckpt["step"] == 20 and ckpt["tokenizer_config"]["scales"] == (1, 2, 3, 4, 5, 6, 8)
+    assert not list(full.glob("*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "var"])
+def test_interrupted_and_resumed_equals_uninterrupted(trained, stage):
+    out = trained / f"resumed-{stage}"
+    if stage == "var":  # the VAR stage starts from the same tokenizer
+        out.mkdir()
+        (out / "tokenizer.pt").write_bytes((trained / "full" / "tokenizer.pt").read_bytes())
+    train("--stage", stage, "--data-dir", trained / "data", "--out-dir", out, "--stop-at", "7")
+    assert torch.load(out / f"{stage}.pt", weights_only=True)["step"] == 7
+    train("--stage", stage, "--data-dir", trained / "data", "--out-dir", out, "--resume")
+    assert same_weights(weights(out / f"{stage}.pt"), weights(trained / "full" / f"{stage}.pt"))
+
+
+def test_all_skips_stages_that_are_done(trained):
+    result = train("--data-dir", trained / "data", "--out-dir", trained / "full")
+    assert "tokenizer.pt exists, skipping" in result.stdout and "var.pt exists, skipping" in result.stdout
+
+
+def one_line_error(result):
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_missing_data_dir_gives_one_clear_line(tmp_path):
+    result = run_script("train.py", "--preset", "tiny", "--data-dir", tmp_path / "nothing", "--out-dir", tmp_path,
+                        env=OFFLINE)
+    line = one_line_error(result)
+    assert "could not download CIFAR-10" in line and "--data-dir" in line
+
+
+def test_corrupt_checkpoint_gives_one_clear_line(tmp_path, fake_data_dir):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "tokenizer.pt").write_bytes(b"not a checkpoint at all")
+    result = run_script("train.py", "--preset", "tiny", "--stage", "tokenizer", "--resume",
+                        "--data-dir", fake_data_dir, "--out-dir", tmp_path / "out", env=OFFLINE)
+    assert "could not be read" in one_line_error(result)
+
+
+def test_bad_flag_values_are_refused(tmp_path):
+    result = run_script("train.py", "--stage", "gan", "--out-dir", tmp_path)
+    assert result.returncode != 0 and "--stage gan" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_sample_writes_a_labelled_png(trained, tmp_path):
+    out = tmp_path / "grid.png"
+    result = run_script("sample.py", "--ckpt", trained / "full" / "var.pt", "--classes", "cat,3,ship",
+                        "--n-per-class", "3", "--out", out, "--seed", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", "unicorn"], "unknown class 'unicorn'"),
+    (["--classes", "12"], "class id 12 is out of range"),
+    (["--ckpt", "/nonexistent/var.pt"], "does not exist"),
+])
+def test_sample_bad_input_gives_one_clear_line(trained, tmp_path, args, message):
+    base = ["--ckpt", trained / "full" / "var.pt", "--out", tmp_path / "g.png"]
+    assert message in one_line_error(run_script("sample.py", *base, *args))
+
+
+def test_sample_refuses_a_tokenizer_checkpoint(trained, tmp_path):
+    result = run_script("sample.py", "--ckpt", trained / "full" / "tokenizer.pt", "--out", tmp_path / "g.png")
+    assert "needs a var checkpoint" in one_line_error(result)
