@@ -79,8 +79,9 @@ def var_from_args(args, device):
     if args.random:
         from minivar.tokenizer import Tokenizer, TokenizerConfig
         torch.manual_seed(0)
-        tok = Tokenizer(TokenizerConfig()).eval().to(device)
-        return VAR(VARConfig(dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
+        scales = tuple(int(s) for s in args.scales.split(","))  # only the quantizer is used: any latent side
+        tok = Tokenizer(TokenizerConfig(scales=scales)).eval().requires_grad_(False).to(device)
+        return VAR(VARConfig(scales=scales, dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
     ckpt = load_checkpoint(args.ckpt, "var")
     model = VAR(VARConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
@@ -88,11 +89,12 @@ def var_from_args(args, device):
 
 
 def transformer_train_flops(model, batch):
-    """FLOPs of one forward+backward: 6 per parameter per token for the matmuls (the
-    embedding tables do no matmuls), plus attention's two L×L×D products, times 3."""
+    """FLOPs of one forward+backward: 6 per weight per token for the matmuls, plus
+    attention's two L×L×D products, times 3. Not counted: embedding tables (lookups, no
+    matmul) and the adaLN layers, which run once per sequence on the class, not per token."""
     L, D = model.seq_len, model.cfg.dim
-    matmul_params = sum(p.numel() for n, p in model.named_parameters()
-                        if p.dim() == 2 and not n.startswith(("class_emb", "level_emb", "pos_emb")))
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and ".ada." not in n
+                        and not n.startswith(("class_emb", "level_emb", "pos_emb")))
     attention = 2 * 2 * L * L * D * model.cfg.depth
     return batch * (6 * matmul_params * L + 3 * attention)
 
@@ -126,6 +128,7 @@ def bench_var(args, device):
 
     def transformer_only():
         _, loss = model(x, labels, targets)
+        model.zero_grad(set_to_none=True)
         loss.backward()
 
     def stage_step():
@@ -138,13 +141,15 @@ def bench_var(args, device):
         opt.step()
 
     peak = matmul_peak_flops(device)
-    t_model = timed(transformer_only, args.repeats, device=device)
-    t_step = timed(stage_step, args.repeats, device=device)
+    t_model = timed(transformer_only, args.repeats, warmup=2, device=device)
+    t_step = timed(stage_step, args.repeats, warmup=2, device=device)
     flops = transformer_train_flops(model, B)
     result.update(train_batch=B, train_tokens_per_s=B * model.seq_len / t_step, matmul_peak_gflops=peak / 1e9,
                   achieved_gflops=flops / t_model / 1e9, fraction_of_peak=flops / t_model / peak,
                   stage_step_over_transformer=t_step / t_model)
 
+    if args.skip_sampling:
+        return result
     # Sampling, with and without the KV cache; the same seed must give the same images.
     model.eval()
     for batch in (64, 1):
@@ -169,10 +174,12 @@ def main(argv=None):
     p.add_argument("--device", default="auto")
     p.add_argument("--out", help="JSON file (default: bench_<what>.json)")
     p.add_argument("--random", action="store_true", help="var: random weights, speed only")
-    p.add_argument("--dim", type=int, default=192), p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--dim", type=int, default=VARConfig.dim), p.add_argument("--depth", type=int, default=VARConfig.depth)
+    p.add_argument("--heads", type=int, default=VARConfig.heads)
+    p.add_argument("--scales", default="1,2,3,4,5,6,8", help="var --random: scale schedule, e.g. 1,2,3,4,6,8,11,16")
     p.add_argument("--batch", type=int, default=64, help="var: training batch")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-sampling", action="store_true", help="var: training figures only")
     args = p.parse_args(argv)
     if not args.random and not args.ckpt:
         p.error(f"{args.what}: give --ckpt PATH" + (" (or --random for speed alone)" if args.what == "var" else ""))

@@ -1,10 +1,11 @@
-"""Pictures written by training, sampling and the benchmarks (matplotlib, no display needed)."""
-import matplotlib
+"""Pictures written by training, sampling and the benchmarks.
 
-matplotlib.use("Agg")  # write files; never try to open a window
-import matplotlib.pyplot as plt  # noqa: E402
+Figures are built as plain matplotlib `Figure` objects, not through pyplot: they are
+written to files without touching the display backend, so this works on a headless
+server and leaves a notebook's inline plots alone."""
+from matplotlib.figure import Figure
 
-from minivar.data import to_uint8  # noqa: E402
+from minivar.data import to_uint8
 
 
 def to_numpy_image(x_3HW):
@@ -14,7 +15,8 @@ def to_numpy_image(x_3HW):
 def save_reconstruction_grid(x_B3HW, recs, scales, path):
     """One row per image: the original, then the cumulative reconstruction after each scale."""
     B, K = len(x_B3HW), len(recs)
-    fig, axes = plt.subplots(B, K + 1, figsize=(1.2 * (K + 1), 1.2 * B + 0.3), squeeze=False)
+    fig = Figure(figsize=(1.2 * (K + 1), 1.2 * B + 0.3))
+    axes = fig.subplots(B, K + 1, squeeze=False)
     for i in range(B):
         for j, img in enumerate([x_B3HW[i]] + [r[i] for r in recs]):
             axes[i, j].imshow(to_numpy_image(img))
@@ -23,13 +25,13 @@ def save_reconstruction_grid(x_B3HW, recs, scales, path):
         axes[0, j].set_title(title, fontsize=7)
     fig.tight_layout(pad=0.2)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def save_sample_grid(images_B3HW, row_labels, n_per_row, path):
     """A grid with one labelled row per class."""
     rows = len(row_labels)
-    fig, axes = plt.subplots(rows, n_per_row, figsize=(1.1 * n_per_row + 1.0, 1.1 * rows), squeeze=False)
+    fig = Figure(figsize=(1.1 * n_per_row + 1.0, 1.1 * rows))
+    axes = fig.subplots(rows, n_per_row, squeeze=False)
     for r in range(rows):
         for c in range(n_per_row):
             axes[r, c].imshow(to_numpy_image(images_B3HW[r * n_per_row + c]))
@@ -37,4 +39,3 @@ def save_sample_grid(images_B3HW, row_labels, n_per_row, path):
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
     fig.savefig(path, dpi=100)
-    plt.close(fig)

@@ -26,8 +26,9 @@ class Attention(nn.Module):
         """Full pass with a boolean mask (training), or new tokens only with a KV cache
         (sampling: the cache holds every earlier token, all of which the new ones may see)."""
         B, L, D = x_BLD.shape
-        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3×B×H×L×Dh
-        q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = self.qkv(x_BLD).view(B, L, 3, self.heads, D // self.heads).unbind(2)  # each B×L×H×Dh
+        # normalise while the head dim is contiguous, then view as B×H×L×Dh (no copy)
+        q, k, v = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.append(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL)
@@ -40,14 +41,18 @@ class AdaLNBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False)
         self.attn = Attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(approximate="tanh"),
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp_ratio * dim), nn.GELU(),
                                  nn.Linear(mlp_ratio * dim, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x_BLD, cond_BD, mask_LL=None, cache=None):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond_BD)[:, None].chunk(6, dim=-1)
-        x_BLD = x_BLD + gate1 * self.attn(self.norm1(x_BLD) * (1 + scale1) + shift1, mask_LL, cache)
-        return x_BLD + gate2 * self.mlp(self.norm2(x_BLD) * (1 + scale2) + shift2)
+        # addcmul(a, b, c) = a + b·c in one pass over memory (this model is small enough
+        # for elementwise work to cost as much as the matmuls on a CPU)
+        h = torch.addcmul(shift1, self.norm1(x_BLD), 1 + scale1)
+        x_BLD = torch.addcmul(x_BLD, gate1, self.attn(h, mask_LL, cache))
+        h = torch.addcmul(shift2, self.norm2(x_BLD), 1 + scale2)
+        return torch.addcmul(x_BLD, gate2, self.mlp(h))
 
 
 class AdaLNHead(nn.Module):
