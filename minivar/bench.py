@@ -25,7 +25,7 @@ import torch
 from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10
 from minivar.device import pick_device
-from minivar.stages import frozen_tokenizer, unigram_entropy_per_scale
+from minivar.stages import frozen_tokenizer, test_cross_entropy
 from minivar.tokenizer import psnr
 from minivar.tokens import flatten_scales, split_scales, tokenize
 from minivar.var import VAR, VARConfig
@@ -104,19 +104,9 @@ def bench_var(args, device):
     result = {"params": model.num_params(), "config": asdict(model.cfg)}
     if ckpt is not None and args.data_dir:  # quality: test cross-entropy per scale
         test = load_cifar10(args.data_dir, "test", download=False)
-        tokens = tokenize(tok, test[0][:args.n], device).long().to(device)
-        labels = test[1][:args.n].to(device)
+        tokens = tokenize(tok, test[0][:args.n], device).to(device)
         model.eval()
-        sums = torch.zeros(len(model.cfg.scales))
-        with torch.no_grad():
-            for i in range(0, len(tokens), 250):
-                logits, _ = model(tok.teacher_forcing_inputs(split_scales(tokens[i:i + 250], model.cfg.scales)),
-                                  labels[i:i + 250])
-                sums += torch.tensor(model.loss_per_scale(logits, tokens[i:i + 250])) * len(logits)
-        weights = torch.tensor([s * s for s in model.cfg.scales]) / model.seq_len
-        ce, unigram = sums / len(tokens), torch.tensor(unigram_entropy_per_scale(tokens, model.cfg.scales, model.cfg.vocab_size))
-        result.update(ce=(ce * weights).sum().item(), ce_per_scale=ce.tolist(),
-                      unigram=(unigram * weights).sum().item(), unigram_per_scale=unigram.tolist())
+        result.update(test_cross_entropy(model, tok, tokens, test[1][:args.n].to(device), device))
 
     # Training throughput: the transformer alone, and a whole stage step (inputs built from tokens).
     B = args.batch

@@ -102,6 +102,23 @@ def unigram_entropy_per_scale(tokens_NL, scales, vocab_size):
     return out
 
 
+@torch.no_grad()
+def test_cross_entropy(model, tokenizer, tokens_NL, labels_N, device, batch_size=250):
+    """Mean cross-entropy per token, and per scale, of `model` on token rows; beside it the
+    unigram entropy of the same rows. Means per token weight each scale by its s² tokens."""
+    sums = torch.zeros(len(model.cfg.scales))
+    for i in range(0, len(tokens_NL), batch_size):
+        tokens, labels = tokens_NL[i:i + batch_size].long(), labels_N[i:i + batch_size]
+        with autocast(device):
+            logits, _ = model(tokenizer.teacher_forcing_inputs(split_scales(tokens, model.cfg.scales)), labels)
+        sums += torch.tensor(model.loss_per_scale(logits, tokens)) * len(tokens)
+    ce = (sums / len(tokens_NL)).tolist()
+    unigram = unigram_entropy_per_scale(tokens_NL, model.cfg.scales, model.cfg.vocab_size)
+    weights = [s * s / model.seq_len for s in model.cfg.scales]
+    return {"ce": sum(w * c for w, c in zip(weights, ce)), "ce_per_scale": ce,
+            "unigram": sum(w * u for w, u in zip(weights, unigram)), "unigram_per_scale": unigram}
+
+
 class VARStage:
     """Next-scale prediction on cached token maps of a frozen tokenizer."""
     kind, items = "var", "tok"  # the progress bar counts tokens per second
@@ -119,7 +136,6 @@ class VARStage:
         self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed)
         self.model = VAR(model_cfg).to(device)
         self.items_per_step = tcfg.batch_size * self.model.seq_len
-        self.unigram = unigram_entropy_per_scale(self.test_tokens, self.scales, model_cfg.vocab_size)
 
     def inputs(self, tokens_BL):
         """Teacher forcing: the transformer's inputs, built from the true token maps."""
@@ -136,22 +152,12 @@ class VARStage:
     def after_step(self, step, optimizer):
         return {}
 
-    @torch.no_grad()
     def evaluate(self):
         """Test cross-entropy per scale (nats per token), next to each scale's unigram entropy."""
         self.model.eval()
-        sums, n = None, 0
-        for i in range(0, len(self.test_tokens), 250):
-            tokens, labels = self.test_tokens[i:i + 250].long(), self.test_labels[i:i + 250]
-            with autocast(self.device):
-                logits, _ = self.model(self.inputs(tokens), labels)
-            per_scale = torch.tensor(self.model.loss_per_scale(logits, tokens)) * len(tokens)
-            sums, n = per_scale if sums is None else sums + per_scale, n + len(tokens)
+        result = test_cross_entropy(self.model, self.tokenizer, self.test_tokens, self.test_labels, self.device)
         self.model.train()
-        ce = (sums / n).tolist()
-        weights = [s * s / self.model.seq_len for s in self.scales]
-        return {"ce": sum(w * c for w, c in zip(weights, ce)), "ce_per_scale": ce,
-                "unigram": sum(w * u for w, u in zip(weights, self.unigram)), "unigram_per_scale": self.unigram}
+        return result
 
     @torch.no_grad()
     def save_picture(self, path, per_class=8, cfg=1.5, seed=0):
