@@ -79,7 +79,7 @@ def var_from_args(args, device):
     if args.random:
         from minivar.tokenizer import Tokenizer, TokenizerConfig
         torch.manual_seed(0)
-        scales = tuple(int(s) for s in args.scales.split(","))  # only the quantizer is used: any latent side
+        scales = args.scales  # only the quantizer is used: any latent side
         tok = Tokenizer(TokenizerConfig(scales=scales)).eval().requires_grad_(False).to(device)
         return VAR(VARConfig(scales=scales, dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
     ckpt = load_checkpoint(args.ckpt, "var")
@@ -171,6 +171,11 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-sampling", action="store_true", help="var: training figures only")
     args = p.parse_args(argv)
+    try:
+        args.scales = tuple(int(s) for s in args.scales.split(","))
+        assert all(a < b for a, b in zip(args.scales, args.scales[1:])) and args.scales[0] >= 1
+    except (ValueError, AssertionError):
+        p.error(f"--scales {args.scales}: give increasing positive sides, e.g. 1,2,3,4,5,6,8")
     if not args.random and not args.ckpt:
         p.error(f"{args.what}: give --ckpt PATH" + (" (or --random for speed alone)" if args.what == "var" else ""))
     try:
