@@ -1,4 +1,4 @@
-"""Draw class-conditional CIFAR-10 samples from a trained VAR checkpoint.
+"""Draw class-conditional CIFAR-10 samples from a trained VAR (or AR baseline) checkpoint.
 
     python sample.py --ckpt out/var.pt --classes cat,dog,ship --n-per-class 8 --out grid.png
     python sample.py --ckpt out/var.pt --classes 0,1,2 --cfg 3 --top-k 200 --seed 1
@@ -17,7 +17,10 @@ from minivar.data import CLASSES
 from minivar.device import autocast, pick_device
 from minivar.plots import save_sample_grid
 from minivar.stages import frozen_tokenizer
+from minivar.ar import AR
 from minivar.var import VAR, VARConfig
+
+MODELS = {"var": VAR, "ar": AR}  # checkpoint kind -> model class
 
 
 def parse_classes(text, num_classes):
@@ -40,12 +43,12 @@ def parse_classes(text, num_classes):
 
 
 def load_model(ckpt_path, device):
-    """(model, tokenizer) rebuilt from a VAR checkpoint alone."""
+    """(model, tokenizer) rebuilt from a VAR or AR checkpoint alone."""
     ckpt = load_checkpoint(ckpt_path)
-    if ckpt["kind"] != "var":
-        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; sample.py needs a var checkpoint "
+    if ckpt["kind"] not in MODELS:
+        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; sample.py needs a var or ar checkpoint "
                               f"(train one with: python train.py --stage var)")
-    model = VAR(VARConfig(**ckpt["model_config"]))
+    model = MODELS[ckpt["kind"]](VARConfig(**ckpt["model_config"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -56,7 +59,7 @@ def load_model(ckpt_path, device):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", default="out/var.pt", help="a var checkpoint written by train.py")
+    p.add_argument("--ckpt", default="out/var.pt", help="a var (or ar) checkpoint written by train.py")
     p.add_argument("--classes", default="all", help="comma-separated names or ids, or 'all'")
     p.add_argument("--n-per-class", type=int, default=8)
     p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance at the last scale (0: none)")

@@ -5,6 +5,11 @@
     python train.py --stage tokenizer --data-dir ../shared/data --max-steps 500
     python train.py --stage tokenizer --resume --max-steps 3000   # continue, or extend
 
+The AR baseline (raster order over a single-scale tokenizer's 8×8 map), in its own folder:
+
+    python train.py --stage tokenizer --scales 8 --out-dir out-ar
+    python train.py --stage ar --out-dir out-ar
+
 Settings come from three places, later ones winning: the preset, the checkpoint being
 resumed, and the flags you type. Ctrl-C saves a checkpoint; --resume continues exactly
 (weights, optimizer, step, RNG; the data order is a function of the step).
@@ -24,16 +29,17 @@ from tqdm import tqdm
 from minivar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.data import DataError, load_cifar10
 from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
-from minivar.stages import TokenizerStage, VARStage
+from minivar.stages import ARStage, TokenizerStage, VARStage
 from minivar.tokenizer import TokenizerConfig
 from minivar.var import VARConfig
 
 STAGES = ("tokenizer", "var")  # what `--stage all` runs, in order
+BASELINES = ("ar",)  # run on their own: --stage ar
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "all"  # tokenizer | var | all (= tokenizer, then var)
+    stage: str = "all"  # tokenizer | var | ar | all (= tokenizer, then var)
     preset: str = "gpu"  # gpu | cpu | tiny (tiny: seconds, for tests and notebooks)
     data_dir: str = "./data"  # holds cifar-10-batches-py/ (downloaded there if absent)
     out_dir: str = "./out"  # checkpoints, logs and pictures
@@ -49,7 +55,8 @@ class TrainConfig:
     eval_every: int = 2000  # steps between test evaluations (+ one at the end)
     eval_images: int = 10_000  # test images used by an evaluation
     reseed_every: int = 100  # tokenizer: steps between dead-code re-seeds
-    tokenizer: str = ""  # var: tokenizer checkpoint (default: <out_dir>/tokenizer.pt)
+    scales: str = ""  # tokenizer: token-map sides, e.g. "8" for the AR baseline (default: the preset's)
+    tokenizer: str = ""  # var, ar: tokenizer checkpoint (default: <out_dir>/tokenizer.pt)
     stop_at: int = 0  # if > 0: stop at this step with a checkpoint; the schedule still aims at max_steps
     resume: bool = False
 
@@ -70,8 +77,10 @@ PRESETS = {
              "var": ({"max_steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 5,
                       "eval_every": 10, "eval_images": 64}, {"dim": 32, "depth": 2, "heads": 2})},
 }
-MODEL_CONFIGS = {"tokenizer": TokenizerConfig, "var": VARConfig}
-STAGE_CLASSES = {"tokenizer": TokenizerStage, "var": VARStage}
+for _preset in PRESETS.values():  # the AR baseline gets VAR's budget: same width, depth, steps, batch
+    _preset["ar"] = _preset["var"]
+MODEL_CONFIGS = {"tokenizer": TokenizerConfig, "var": VARConfig, "ar": VARConfig}
+STAGE_CLASSES = {"tokenizer": TokenizerStage, "var": VARStage, "ar": ARStage}
 
 
 def lr_at(step, cfg):
@@ -102,6 +111,15 @@ def train_stage(kind, cli: dict):
         cfg = replace(cfg, **saved)
         model_cfg = MODEL_CONFIGS[kind](**ckpt["model_config"])
     cfg = replace(cfg, **cli)  # flags typed on the command line win
+    if kind == "tokenizer" and cfg.scales:
+        scales = parse_scales(cfg.scales)
+        if scales[-1] != 8:
+            raise ValueError(f"--scales {cfg.scales}: the tokenizer's latent is 8×8 (32×32 images, 4× down), "
+                             "so the last scale must be 8")
+        if ckpt is not None and scales != tuple(model_cfg.scales):
+            raise ValueError(f"--scales {cfg.scales}: {ckpt_path} was trained with scales {tuple(model_cfg.scales)}; "
+                             "scales cannot change on --resume (use another --out-dir)")
+        model_cfg = replace(model_cfg, scales=scales)
     device = pick_device(cfg.device)
     torch.set_float32_matmul_precision("high")  # TF32 on recent NVIDIA GPUs; no effect elsewhere
 
@@ -113,6 +131,11 @@ def train_stage(kind, cli: dict):
             tok = load_checkpoint(cfg.tokenizer or out_dir / "tokenizer.pt", "tokenizer")
             extra = {"tokenizer_config": tok["model_config"], "tokenizer_state": tok["model"]}
             tc = extra["tokenizer_config"]  # the transformer's vocabulary and scales are the tokenizer's
+            if (kind == "ar") != (len(tc["scales"]) == 1):
+                raise ValueError(f"--stage {kind} needs a {'single' if kind == 'ar' else 'multi'}-scale tokenizer, but "
+                                 f"{cfg.tokenizer or out_dir / 'tokenizer.pt'} has scales {tuple(tc['scales'])}: train one "
+                                 f"with python train.py --stage tokenizer{' --scales 8' if kind == 'ar' else ''} "
+                                 "--out-dir DIR, then pass --out-dir DIR (or --tokenizer DIR/tokenizer.pt)")
             model_cfg = replace(model_cfg, scales=tuple(tc["scales"]), vocab_size=tc["vocab_size"],
                                 latent_dim=tc["latent_dim"])
 
@@ -181,6 +204,17 @@ def train_stage(kind, cli: dict):
     return ckpt_path
 
 
+def parse_scales(text):
+    """'1,2,3,4,5,6,8' -> (1, 2, 3, 4, 5, 6, 8); increasing positive sides, or ValueError."""
+    try:
+        scales = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or scales[0] < 1 or any(a >= b for a, b in zip(scales, scales[1:])):
+        raise ValueError(f"--scales {text}: give increasing positive sides, e.g. 1,2,3,4,5,6,8 (VAR) or 8 (AR)")
+    return scales
+
+
 def _fmt(v):
     return " ".join(f"{x:.3g}" for x in v) if isinstance(v, list) else f"{v:.4g}"
 
@@ -197,8 +231,8 @@ def parse_args(argv=None) -> dict:
             parser.add_argument(flag, type=int if f.type in (int, "int") else float if f.type in (float, "float") else str,
                                 default=None, help=f"default: {f.default}")
     cli = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
-    if cli.get("stage", "all") not in STAGES + ("all",):
-        parser.error(f"--stage {cli['stage']}: expected one of {', '.join(STAGES + ('all',))}")
+    if cli.get("stage", "all") not in STAGES + BASELINES + ("all",):
+        parser.error(f"--stage {cli['stage']}: expected one of {', '.join(STAGES + BASELINES + ('all',))}")
     if cli.get("preset", "gpu") not in PRESETS:
         parser.error(f"--preset {cli['preset']}: expected one of {', '.join(PRESETS)}")
     for name in ("max_steps", "batch_size", "eval_every", "eval_images", "log_every", "reseed_every"):

@@ -27,7 +27,8 @@ from minivar.data import DataError, iterate_in_order, load_cifar10
 from minivar.device import pick_device
 from minivar.stages import frozen_tokenizer, test_cross_entropy
 from minivar.tokenizer import psnr
-from minivar.tokens import flatten_scales, split_scales, tokenize
+from minivar.tokens import flatten_scales, tokenize
+from minivar.ar import AR
 from minivar.var import VAR, VARConfig
 
 
@@ -82,8 +83,10 @@ def var_from_args(args, device):
         scales = args.scales  # only the quantizer is used: any latent side
         tok = Tokenizer(TokenizerConfig(scales=scales)).eval().requires_grad_(False).to(device)
         return VAR(VARConfig(scales=scales, dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
-    ckpt = load_checkpoint(args.ckpt, "var")
-    model = VAR(VARConfig(**ckpt["model_config"]))
+    ckpt = load_checkpoint(args.ckpt)
+    if ckpt["kind"] not in ("var", "ar"):
+        raise CheckpointError(f"{args.ckpt} is a {ckpt['kind']} checkpoint; `bench var` measures a var or ar checkpoint")
+    model = (AR if ckpt["kind"] == "ar" else VAR)(VARConfig(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device), frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"]).to(device), ckpt
 
@@ -93,8 +96,8 @@ def transformer_train_flops(model, batch):
     attention's two L×L×D products, times 3. Not counted: embedding tables (lookups, no
     matmul) and the adaLN layers, which run once per sequence on the class, not per token."""
     L, D = model.seq_len, model.cfg.dim
-    matmul_params = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and ".ada." not in n
-                        and not n.startswith(("class_emb", "level_emb", "pos_emb")))
+    matmul_params = sum(m.weight.numel() for name, m in model.named_modules()
+                        if isinstance(m, torch.nn.Linear) and ".ada." not in name)
     attention = 2 * 2 * L * L * D * model.cfg.depth
     return batch * (6 * matmul_params * L + 3 * attention)
 
@@ -114,7 +117,7 @@ def bench_var(args, device):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     idx_list = [torch.randint(model.cfg.vocab_size, (B, s, s), device=device) for s in model.cfg.scales]
     targets, labels = flatten_scales(idx_list), torch.randint(10, (B,), device=device)
-    x = tok.teacher_forcing_inputs(idx_list)
+    x = model.teacher_forcing_inputs(tok.quantizer, targets)
 
     def transformer_only():
         _, loss = model(x, labels, targets)
@@ -123,7 +126,7 @@ def bench_var(args, device):
 
     def stage_step():
         with torch.no_grad():
-            inputs = tok.teacher_forcing_inputs(split_scales(targets, model.cfg.scales))
+            inputs = model.teacher_forcing_inputs(tok.quantizer, targets)
         _, loss = model(inputs, labels, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()

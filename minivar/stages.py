@@ -17,6 +17,7 @@ from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
 from minivar.device import autocast
 from minivar.plots import save_reconstruction_grid, save_sample_grid
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
+from minivar.ar import AR
 from minivar.tokens import cached_tokens, split_scales
 from minivar.var import VAR
 
@@ -110,7 +111,7 @@ def test_cross_entropy(model, tokenizer, tokens_NL, labels_N, device, batch_size
     for i in range(0, len(tokens_NL), batch_size):
         tokens, labels = tokens_NL[i:i + batch_size].long(), labels_N[i:i + batch_size]
         with autocast(device):
-            logits, _ = model(tokenizer.teacher_forcing_inputs(split_scales(tokens, model.cfg.scales)), labels)
+            logits, _ = model(model.teacher_forcing_inputs(tokenizer.quantizer, tokens), labels)
         sums += torch.tensor(model.loss_per_scale(logits, tokens)) * len(tokens)
     ce = (sums / len(tokens_NL)).tolist()
     unigram = unigram_entropy_per_scale(tokens_NL, model.cfg.scales, model.cfg.vocab_size)
@@ -120,27 +121,27 @@ def test_cross_entropy(model, tokenizer, tokens_NL, labels_N, device, batch_size
 
 
 class VARStage:
-    """Next-scale prediction on cached token maps of a frozen tokenizer."""
+    """Next-scale prediction on cached token maps of a frozen tokenizer (ARStage below: next-token)."""
     kind, items = "var", "tok"  # the progress bar counts tokens per second
+    model_class = VAR
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, tokenizer_config, tokenizer_state):
         self.tcfg, self.device = tcfg, device
         self.tokenizer = frozen_tokenizer(tokenizer_config, tokenizer_state).to(device)
         self.tokenizer_config, self.tokenizer_state = tokenizer_config, tokenizer_state
-        self.scales = self.tokenizer.cfg.scales
         train_tok, self.train_labels, test_tok, test_labels = cached_tokens(
             self.tokenizer, tcfg.out_dir, train_data, test_data, device)
         self.train_tokens = train_tok.to(device)
         self.test_tokens, self.test_labels = test_tok[:tcfg.eval_images].to(device), test_labels[:tcfg.eval_images].to(device)
         self.train_labels = self.train_labels.to(device)
         self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed)
-        self.model = VAR(model_cfg).to(device)
+        self.model = self.model_class(model_cfg).to(device)
         self.items_per_step = tcfg.batch_size * self.model.seq_len
 
     def inputs(self, tokens_BL):
         """Teacher forcing: the transformer's inputs, built from the true token maps."""
         with torch.no_grad():
-            return self.tokenizer.teacher_forcing_inputs(split_scales(tokens_BL, self.scales))
+            return self.model.teacher_forcing_inputs(self.tokenizer.quantizer, tokens_BL)
 
     def loss(self, step):
         idx = self.sampler.indices(step).to(self.device)
@@ -171,3 +172,9 @@ class VARStage:
     def checkpoint(self):
         """A VAR checkpoint carries its tokenizer, so sample.py needs this one file."""
         return {"tokenizer": self.tokenizer_state, "tokenizer_config": self.tokenizer_config}
+
+
+class ARStage(VARStage):
+    """The AR baseline: the same stage, the model reads the single-scale token map row by row."""
+    kind = "ar"
+    model_class = AR

@@ -45,8 +45,13 @@ class AdaLNBlock(nn.Module):
                                  nn.Linear(mlp_ratio * dim, dim))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x_BLD, cond_BD, mask_LL=None, cache=None):
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond_BD)[:, None].chunk(6, dim=-1)
+    def modulation(self, cond_BD):
+        """(shift, scale, gate) ×2 from the class. The class is fixed for a whole sequence,
+        so sampling computes this once, not at every step (an AR step would redo it n² times)."""
+        return self.ada(cond_BD)[:, None].chunk(6, dim=-1)
+
+    def forward(self, x_BLD, modulation, mask_LL=None, cache=None):
+        shift1, scale1, gate1, shift2, scale2, gate2 = modulation
         # addcmul(a, b, c) = a + b·c in one pass over memory (this model is small enough
         # for elementwise work to cost as much as the matmuls on a CPU)
         h = torch.addcmul(shift1, self.norm1(x_BLD), 1 + scale1)
@@ -64,8 +69,11 @@ class AdaLNHead(nn.Module):
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
         self.out = nn.Linear(dim, vocab_size)
 
-    def forward(self, x_BLD, cond_BD):
-        shift, scale = self.ada(cond_BD)[:, None].chunk(2, dim=-1)
+    def modulation(self, cond_BD):
+        return self.ada(cond_BD)[:, None].chunk(2, dim=-1)
+
+    def forward(self, x_BLD, modulation):
+        shift, scale = modulation
         return self.out(self.norm(x_BLD) * (1 + scale) + shift)
 
 

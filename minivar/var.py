@@ -21,11 +21,12 @@ import torch.nn.functional as F
 
 from minivar.mask import block_causal_mask, scale_block_sizes
 from minivar.sampling import KVCache, guided_logits, sample_tokens
+from minivar.tokens import split_scales
 from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
 
 
 @dataclass
-class VARConfig:
+class VARConfig:  # also the AR baseline's (ar.py), whose tokenizer has one scale
     scales: tuple = (1, 2, 3, 4, 5, 6, 8)  # must equal the tokenizer's
     vocab_size: int = 512  # the tokenizer's codebook size
     latent_dim: int = 32  # the tokenizer's code dimension C
@@ -41,8 +42,8 @@ class VAR(nn.Module):
     def __init__(self, cfg: VARConfig):
         super().__init__()
         self.cfg = cfg
-        block_sizes = scale_block_sizes(cfg.scales)
-        self.seq_len = sum(block_sizes)  # 155 for the default scales
+        self.block_sizes = self.prediction_blocks(cfg.scales)  # the tokens predicted together, one block per step
+        self.seq_len = sum(self.block_sizes)  # 155 for the default scales
         self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # +1: the null class
         self.input_proj = nn.Linear(cfg.latent_dim, cfg.dim)  # teacher-forcing features -> tokens
         self.pos_emb = nn.Parameter(torch.zeros(1, self.seq_len, cfg.dim))  # where in the sequence
@@ -50,18 +51,46 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth))
         self.head = AdaLNHead(cfg.dim, cfg.vocab_size)
         # Constant tensors, rebuilt from the config (not saved in checkpoints).
-        self.register_buffer("mask_LL", block_causal_mask(block_sizes), persistent=False)
-        self.register_buffer("level_L", torch.repeat_interleave(torch.arange(len(block_sizes)),
-                                                                torch.tensor(block_sizes)), persistent=False)
+        self.register_buffer("mask_LL", block_causal_mask(self.block_sizes), persistent=False)
+        self.register_buffer("level_L", torch.repeat_interleave(torch.arange(len(cfg.scales)),
+                                                                torch.tensor(scale_block_sizes(cfg.scales))),
+                             persistent=False)
         init_weights(self)
         nn.init.normal_(self.pos_emb, std=0.02)
 
-    def embed(self, x_BlC, cond_BD, start):
+    # --- the four places where VAR and the AR baseline (ar.py) differ ---
+
+    @staticmethod
+    def prediction_blocks(scales):
+        """VAR predicts a whole s×s token map per step (AR: one token per step)."""
+        return scale_block_sizes(scales)
+
+    def teacher_forcing_inputs(self, quantizer, tokens_BL):
+        """Training inputs from the true tokens: for each scale k+1, the cumulative
+        reconstruction after scale k, area-resized to s_{k+1} (B × (L−1) × C)."""
+        return quantizer.teacher_forcing_inputs(split_scales(tokens_BL, self.cfg.scales))
+
+    def next_input(self, quantizer, f_hat_BChw, idx_Bl, k):
+        """Sampling: add the tokens just drawn for scale k to the reconstruction f̂; its
+        resize to the next side is the next input block, built by the same function
+        (quantizer.add_scale) as the training inputs. Returns (f̂, next input block)."""
+        side = self.cfg.scales[k]
+        f_hat_BChw, next_in_BCss = quantizer.add_scale(f_hat_BChw, idx_Bl.view(-1, side, side), k)
+        return f_hat_BChw, next_in_BCss.flatten(2).transpose(1, 2)
+
+    def guidance_weight(self, k, cfg):
+        """CFG weight at step k: a linear ramp from 0 at the 1×1 map to `cfg` at the last
+        scale (paper's practice: coarse scales fix the layout with little guidance)."""
+        return cfg * k / max(len(self.block_sizes) - 1, 1)
+
+    # --- shared by both ---
+
+    def embed(self, x_Bl, cond_BD, start):
         """Tokens for sequence positions start..start+l: the class token at position 0,
-        projected teacher-forcing features after it; plus position and level embeddings."""
+        the projected inputs after it; plus position and level embeddings."""
         tokens = [cond_BD[:, None]] if start == 0 else []
-        if x_BlC.shape[1] > 0:
-            tokens.append(self.input_proj(x_BlC))
+        if x_Bl is not None and x_Bl.shape[1] > 0:
+            tokens.append(self.input_proj(x_Bl))
         h = torch.cat(tokens, dim=1)
         positions = slice(start, start + h.shape[1])
         return h + self.pos_emb[:, positions] + self.level_emb(self.level_L[positions])
@@ -79,8 +108,8 @@ class VAR(nn.Module):
         cond_BD = self.class_emb(labels_B)
         h = self.embed(x_BLC, cond_BD, start=0)
         for block in self.blocks:
-            h = block(h, cond_BD, self.mask_LL)
-        logits_BLV = self.head(h, cond_BD)
+            h = block(h, block.modulation(cond_BD), self.mask_LL)
+        logits_BLV = self.head(h, self.head.modulation(cond_BD))
         loss = None
         if targets_BL is not None:
             loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), targets_BL.flatten())
@@ -94,45 +123,48 @@ class VAR(nn.Module):
     @torch.no_grad()
     def generate(self, quantizer, labels_B, cfg=1.5, temperature=1.0, top_k=0, top_p=1.0,
                  generator=None, use_cache=True, return_logits=False):
-        """Sample the K token maps of one image per label, coarse to fine (paper Alg. 2).
+        """Sample one image's token maps per label, block by block (VAR: coarse to fine,
+        paper Alg. 2; AR: token by token).
 
         CFG: the batch runs twice, with the class and with the null class, and the logits
-        are mixed with a weight growing linearly from 0 at scale 1 to `cfg` at the last
-        scale. use_cache=False reruns the whole prefix at every scale (for benchmarks).
-        Returns the K index maps (and, if asked, the guided logits of every scale).
+        are mixed with guidance_weight(step). use_cache=False reruns the whole prefix at
+        every step under the mask (for benchmarks and tests).
+        Returns the index maps, one per scale (and, if asked, the guided logits of every step).
         """
-        B, K, scales = len(labels_B), len(self.cfg.scales), self.cfg.scales
+        B = len(labels_B)
         null_B = torch.full_like(labels_B, self.cfg.num_classes)
         cond_2BD = self.class_emb(torch.cat([labels_B, null_B]))  # [conditional; unconditional]
         caches = None
         if use_cache:
             caches = [KVCache(2 * B, self.cfg.heads, self.seq_len, self.cfg.dim // self.cfg.heads,
                               cond_2BD.device, cond_2BD.dtype) for _ in self.blocks]
-        f_hat = cond_2BD.new_zeros(B, self.cfg.latent_dim, scales[-1], scales[-1])
-        next_in_2BlC = cond_2BD.new_zeros(2 * B, 0, self.cfg.latent_dim)  # scale 1 has only the class token
+        block_mods = [block.modulation(cond_2BD) for block in self.blocks]  # once, not per step
+        head_mod = self.head.modulation(cond_2BD)
+        side = self.cfg.scales[-1]
+        f_hat = cond_2BD.new_zeros(B, self.cfg.latent_dim, side, side)  # VAR's running reconstruction
+        x_2Bl = None  # the first block's only input is the class token
         seen = []  # uncached mode: every input so far
-        idx_list, all_logits, start = [], [], 0
-        for k, side in enumerate(scales):
-            if use_cache:  # run only this scale's tokens; earlier ones are in the cache
-                h = self.embed(next_in_2BlC, cond_2BD, start)
-                for block, cache in zip(self.blocks, caches):
-                    h = block(h, cond_2BD, cache=cache)
-            else:  # rerun the whole prefix under the block-causal mask, keep the last block
-                seen.append(next_in_2BlC)
-                n = start + side * side
-                h = self.embed(torch.cat(seen, dim=1), cond_2BD, 0)
-                for block in self.blocks:
-                    h = block(h, cond_2BD, self.mask_LL[:n, :n])
+        sampled, all_logits, start = [], [], 0
+        for k, size in enumerate(self.block_sizes):
+            if use_cache:  # run only this block's tokens; earlier ones are in the cache
+                h = self.embed(x_2Bl, cond_2BD, start)
+                for block, mod, cache in zip(self.blocks, block_mods, caches):
+                    h = block(h, mod, cache=cache)
+            else:  # rerun the whole prefix under the mask, keep the newest block
+                seen += [] if x_2Bl is None else [x_2Bl]
+                h = self.embed(torch.cat(seen, dim=1) if seen else None, cond_2BD, 0)
+                for block, mod in zip(self.blocks, block_mods):
+                    h = block(h, mod, self.mask_LL[:start + size, :start + size])
                 h = h[:, start:]
-            weight = cfg * k / max(K - 1, 1)
-            logits_BlV = guided_logits(self.head(h, cond_2BD), weight)
+            logits_BlV = guided_logits(self.head(h, head_mod), self.guidance_weight(k, cfg))
             idx_Bl = sample_tokens(logits_BlV, temperature, top_k, top_p, generator)
-            idx_list.append(idx_Bl.view(B, side, side))
+            sampled.append(idx_Bl)
             all_logits.append(logits_BlV)
-            f_hat, next_in = quantizer.add_scale(f_hat, idx_list[-1], k)  # the same function as training
-            if next_in is not None:
-                next_in_2BlC = next_in.flatten(2).transpose(1, 2).repeat(2, 1, 1)
-            start += side * side
+            if k + 1 < len(self.block_sizes):
+                f_hat, x_Bl = self.next_input(quantizer, f_hat, idx_Bl, k)
+                x_2Bl = torch.cat([x_Bl, x_Bl])  # both halves of the CFG batch see the same tokens
+            start += size
+        idx_list = split_scales(torch.cat(sampled, dim=1), self.cfg.scales)
         return (idx_list, all_logits) if return_logits else idx_list
 
     def num_params(self):

@@ -26,11 +26,14 @@ def same_weights(a, b):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """One uninterrupted run of both stages: tokenizer, then VAR."""
+    """One uninterrupted run of both stages (tokenizer, then VAR); and of the AR baseline
+    with its single-scale tokenizer, in full-ar/."""
     from tests.conftest import write_fake_cifar
     root = tmp_path_factory.mktemp("train")
     write_fake_cifar(root / "data" / "cifar-10-batches-py")
     train("--data-dir", root / "data", "--out-dir", root / "full")
+    train("--stage", "tokenizer", "--scales", "8", "--data-dir", root / "data", "--out-dir", root / "full-ar")
+    train("--stage", "ar", "--data-dir", root / "data", "--out-dir", root / "full-ar")
     return root
 
 
@@ -44,16 +47,40 @@ def test_runs_both_stages_and_writes_checkpoints(trained):
     assert not list(full.glob("*.tmp"))  # atomic writes leave no temporaries
 
 
-@pytest.mark.parametrize("stage", ["tokenizer", "var"])
-def test_interrupted_and_resumed_equals_uninterrupted(trained, stage):
+def test_ar_stage_trains_on_a_single_scale_tokenizer(trained):
+    tok = torch.load(trained / "full-ar" / "tokenizer.pt", weights_only=True)
+    ar = torch.load(trained / "full-ar" / "ar.pt", weights_only=True)
+    assert tok["model_config"]["scales"] == (8,) and ar["kind"] == "ar" and ar["step"] == 20
+    assert ar["model_config"]["scales"] == (8,) and list((trained / "full-ar").glob("ar_step*.png"))
+
+
+@pytest.mark.parametrize("stage, full", [("tokenizer", "full"), ("var", "full"), ("ar", "full-ar")])
+def test_interrupted_and_resumed_equals_uninterrupted(trained, stage, full):
     out = trained / f"resumed-{stage}"
-    if stage == "var":  # the VAR stage starts from the same tokenizer
+    if stage != "tokenizer":  # a transformer stage starts from the same tokenizer
         out.mkdir()
-        (out / "tokenizer.pt").write_bytes((trained / "full" / "tokenizer.pt").read_bytes())
+        (out / "tokenizer.pt").write_bytes((trained / full / "tokenizer.pt").read_bytes())
     train("--stage", stage, "--data-dir", trained / "data", "--out-dir", out, "--stop-at", "7")
     assert torch.load(out / f"{stage}.pt", weights_only=True)["step"] == 7
     train("--stage", stage, "--data-dir", trained / "data", "--out-dir", out, "--resume")
-    assert same_weights(weights(out / f"{stage}.pt"), weights(trained / "full" / f"{stage}.pt"))
+    assert same_weights(weights(out / f"{stage}.pt"), weights(trained / full / f"{stage}.pt"))
+
+
+@pytest.mark.parametrize("stage, tokenizer_dir, message", [
+    ("ar", "full", "--stage ar needs a single-scale tokenizer"),
+    ("var", "full-ar", "--stage var needs a multi-scale tokenizer"),
+])
+def test_wrong_tokenizer_for_the_stage_is_one_line(trained, tmp_path, stage, tokenizer_dir, message):
+    result = run_script("train.py", "--preset", "tiny", "--stage", stage, "--data-dir", trained / "data",
+                        "--out-dir", tmp_path, "--tokenizer", trained / tokenizer_dir / "tokenizer.pt", env=OFFLINE)
+    assert message in one_line_error(result)
+
+
+@pytest.mark.parametrize("scales", ["8,4", "1,2,4", "a,8"])
+def test_bad_scales_are_one_line(fake_data_dir, tmp_path, scales):
+    result = run_script("train.py", "--preset", "tiny", "--stage", "tokenizer", "--scales", scales,
+                        "--data-dir", fake_data_dir, "--out-dir", tmp_path, env=OFFLINE)
+    assert f"--scales {scales}" in one_line_error(result)
 
 
 def test_all_skips_stages_that_are_done(trained):
@@ -89,9 +116,10 @@ def test_bad_flag_values_are_refused(tmp_path):
     assert result.returncode != 0 and "--stage gan" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_sample_writes_a_labelled_png(trained, tmp_path):
+@pytest.mark.parametrize("ckpt", ["full/var.pt", "full-ar/ar.pt"])
+def test_sample_writes_a_labelled_png(trained, tmp_path, ckpt):
     out = tmp_path / "grid.png"
-    result = run_script("sample.py", "--ckpt", trained / "full" / "var.pt", "--classes", "cat,3,ship",
+    result = run_script("sample.py", "--ckpt", trained / ckpt, "--classes", "cat,3,ship",
                         "--n-per-class", "3", "--out", out, "--seed", "1")
     assert result.returncode == 0, result.stderr[-2000:]
     with Image.open(out) as img:
@@ -110,4 +138,4 @@ def test_sample_bad_input_gives_one_clear_line(trained, tmp_path, args, message)
 
 def test_sample_refuses_a_tokenizer_checkpoint(trained, tmp_path):
     result = run_script("sample.py", "--ckpt", trained / "full" / "tokenizer.pt", "--out", tmp_path / "g.png")
-    assert "needs a var checkpoint" in one_line_error(result)
+    assert "needs a var or ar checkpoint" in one_line_error(result)

@@ -1,0 +1,274 @@
+"""What generating one n×n token map costs: raster AR versus VAR, counted and measured.
+
+    python -m minivar.complexity                       # defaults: a few minutes on a laptop CPU
+    python -m minivar.complexity --grids 4,8,16,32 --batch-sizes 1,256 --device cuda
+
+Four samplers (DESIGN §5). A sampler runs a sequence cut into blocks b_1..b_K (AR: n²
+blocks of one token; VAR: one block of s_k² tokens per scale), one block per
+sequential step. With P_k = b_1 + ... + b_k tokens known after step k:
+
+    with a KV cache      step k runs its b_k new tokens; they attend to P_k keys
+    without a cache      step k reruns all P_k tokens under the block-causal mask
+
+so the attended (query, key) pairs are Σ_k b_k·P_k with a cache and Σ_k Σ_{j≤k} b_j·P_j
+without. For AR (b = 1, K = n²) that is ≈ n⁴/2 and ≈ n⁶/6: the paper's O(n⁶) is AR
+*without* a cache. VAR's scales grow geometrically, so both its sums are O(n⁴), and
+its win is the number of steps, K = O(log n), not the attention FLOPs. It processes
+Σ s_k² tokens (2.4× n² for the default scales), so its linear layers do more work.
+
+Counted: attention pairs and FLOPs, linear-layer FLOPs, tokens processed, sequential
+steps. Measured: wall time of each sampler's real `generate` on random-weight models of
+equal width and depth, within a time budget. Both get the same care: preallocated KV
+caches, the same blocks and sampler code (ar.py only changes what differs).
+Counts are per image; with CFG (used in the measurements) every count doubles for both.
+"""
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from minivar.ar import AR
+from minivar.device import pick_device
+from minivar.quantizer import MultiScaleQuantizer
+from minivar.var import VAR, VARConfig
+
+SAMPLERS = ("ar_nocache", "ar_cache", "var_nocache", "var_cache")
+
+
+def var_scales(n, ratio=1.25):
+    """VAR's roughly geometric schedule ending at side n: walk down from n, dividing by
+    `ratio` and shrinking by at least 1 each step. ratio 1.25 gives VAR's own schedules:
+    8 -> (1, 2, 3, 4, 5, 6, 8); 16 -> (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)."""
+    sides = [n]
+    while sides[-1] > 1:
+        sides.append(max(1, min(sides[-1] - 1, round(sides[-1] / ratio))))
+    return tuple(reversed(sides))
+
+
+def block_sizes(sampler, n, ratio=1.25):
+    """The tokens each sequential step predicts, in order."""
+    return [1] * (n * n) if sampler.startswith("ar") else [s * s for s in var_scales(n, ratio)]
+
+
+def count(sampler, n, dim=256, depth=6, vocab=512, mlp_ratio=4, ratio=1.25):
+    """Work to generate one n×n token map, counted from the block sizes (see the top)."""
+    blocks = block_sizes(sampler, n, ratio)
+    cached = sampler.endswith("_cache")
+    prefix = 0  # P_k
+    pairs = tokens = prefix_pairs = 0
+    for b in blocks:
+        prefix += b
+        prefix_pairs += b * prefix  # pairs inside the first P_k tokens: Σ_{j≤k} b_j·P_j
+        pairs += b * prefix if cached else prefix_pairs
+        tokens += b if cached else prefix
+    linear_per_token = 2 * (4 + 2 * mlp_ratio) * dim * dim * depth  # qkv, proj, MLP: 2 FLOPs per weight
+    attention_flops = 4 * dim * depth * pairs  # q·k and the weighted sum of v: 2·D multiply-adds per pair
+    head_flops = 2 * dim * vocab * sum(blocks)  # logits only for the newest block at each step
+    return {"steps": len(blocks), "tokens": tokens, "attention_pairs": pairs, "attention_flops": attention_flops,
+            "linear_flops": linear_per_token * tokens + head_flops,
+            "total_flops": attention_flops + linear_per_token * tokens + head_flops}
+
+
+def fit_slope(ns, values):
+    """Least-squares slope of log(value) against log(n): the exponent p in value ∝ n^p."""
+    xs, ys = [math.log(n) for n in ns], [math.log(v) for v in values]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def random_model(sampler, n, dim, depth, heads, ratio, device):
+    """(model, quantizer) with random weights for an n×n map; VAR's quantizer updates f̂ between scales."""
+    scales = (n,) if sampler.startswith("ar") else var_scales(n, ratio)
+    cfg = VARConfig(scales=scales, dim=dim, depth=depth, heads=heads)
+    model = (AR if sampler.startswith("ar") else VAR)(cfg).to(device).eval()
+    quantizer = MultiScaleQuantizer(cfg.vocab_size, cfg.latent_dim, scales).to(device).eval()
+    return model, quantizer
+
+
+def time_generation(model, quantizer, batch, use_cache, device, repeats):
+    """Median seconds of one `generate` call (CFG on, as in real sampling)."""
+    labels = torch.arange(batch, device=device) % 10
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        model.generate(quantizer, labels, cfg=1.5, use_cache=use_cache, generator=torch.Generator(device).manual_seed(0))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def measure(grids, batch_sizes, dim, depth, heads, ratio, device, max_run_s, budget_s):
+    """Wall time of every sampler at every (n, batch) that fits. A run is skipped when its
+    time, predicted from the same sampler's previous grid scaled by the counted FLOPs,
+    exceeds max_run_s, or when the whole budget is spent."""
+    rows, start = [], time.perf_counter()
+    last = {}  # (sampler, batch) -> (n, seconds) of the last measured run
+    jobs = [(n, b, s) for n in grids for b in batch_sizes for s in SAMPLERS]
+    with torch.no_grad():
+        # warm up: first calls pay for allocations and, on a GPU, kernel loading
+        model, quantizer = random_model("var_cache", grids[0], dim, depth, heads, ratio, device)
+        time_generation(model, quantizer, 1, True, device, repeats=2)
+        for n, batch, sampler in tqdm(jobs, desc="timing generation", dynamic_ncols=True):
+            predicted = None
+            if (sampler, batch) in last:
+                n0, t0 = last[(sampler, batch)]
+                flops = lambda m: count(sampler, m, dim, depth, ratio=ratio)["total_flops"]
+                predicted = t0 * flops(n) / flops(n0)
+            row = {"sampler": sampler, "n": n, "batch": batch, "seconds": None, "predicted_s": predicted}
+            if time.perf_counter() - start > budget_s:
+                row["skipped"] = "time budget spent"
+            elif predicted is not None and predicted > max_run_s:
+                row["skipped"] = f"predicted {predicted:.0f} s > --max-run-s {max_run_s:g}"
+            else:
+                model, quantizer = random_model(sampler, n, dim, depth, heads, ratio, device)
+                repeats = 3 if predicted is None or predicted < 1.0 else 1
+                row["seconds"] = time_generation(model, quantizer, batch, sampler.endswith("_cache"), device, repeats)
+                last[(sampler, batch)] = (n, row["seconds"])
+            rows.append(row)
+    return rows
+
+
+def summarize(rows, grids, batch_sizes, dim, depth, ratio):
+    """Counted work per (sampler, n), slopes of counts and of measured times, and the
+    AR/VAR time ratios at each measured (n, batch)."""
+    counted = {s: {n: count(s, n, dim, depth, ratio=ratio) for n in grids} for s in SAMPLERS}
+    counted_slopes = {s: {key: fit_slope(grids, [counted[s][n][key] for n in grids])
+                          for key in ("attention_flops", "total_flops", "tokens", "steps")} for s in SAMPLERS}
+    seconds = {(r["sampler"], r["n"], r["batch"]): r["seconds"] for r in rows if r["seconds"] is not None}
+    measured_slopes = {}
+    for s in SAMPLERS:
+        for b in batch_sizes:
+            ns = [n for n in grids if (s, n, b) in seconds]
+            if len(ns) >= 3:  # fewer points would not make a slope worth printing
+                measured_slopes[f"{s}_b{b}"] = {"slope": fit_slope(ns, [seconds[(s, n, b)] for n in ns]), "grids": ns}
+    ratios = []
+    for n in grids:
+        for b in batch_sizes:
+            var = seconds.get(("var_cache", n, b))
+            if var:
+                ratios.append({"n": n, "batch": b,
+                               "ar_cache_over_var_cache": seconds.get(("ar_cache", n, b), math.nan) / var,
+                               "ar_nocache_over_var_cache": seconds.get(("ar_nocache", n, b), math.nan) / var})
+    return {"counted": {s: {str(n): c for n, c in v.items()} for s, v in counted.items()},
+            "counted_slopes": counted_slopes, "measured_slopes": measured_slopes, "ratios": ratios}
+
+
+def save_plot(result, path):
+    """Log-log: counted attention FLOPs and sequential steps; measured time at each batch size."""
+    from matplotlib.figure import Figure
+    grids, batches = result["grids"], result["batch_sizes"]
+    fig = Figure(figsize=(4.2 * (2 + len(batches)), 3.6))
+    axes = fig.subplots(1, 2 + len(batches))
+    styles = {"ar_nocache": "C3--", "ar_cache": "C3-", "var_nocache": "C0--", "var_cache": "C0-"}
+    for s in SAMPLERS:
+        slope = result["counted_slopes"][s]["attention_flops"]
+        axes[0].loglog(grids, [result["counted"][s][str(n)]["attention_flops"] for n in grids], styles[s],
+                       marker="o", ms=3, label=f"{s}  ~n^{slope:.1f}")
+    for s in ("ar_cache", "var_cache"):
+        slope = result["counted_slopes"][s]["steps"]
+        axes[1].loglog(grids, [result["counted"][s][str(n)]["steps"] for n in grids], styles[s], marker="o", ms=3,
+                       label=f"{s[:2].upper()}  ~n^{slope:.1f}")
+    axes[0].set_title("attention FLOPs per image (counted)", fontsize=9)
+    axes[1].set_title("sequential steps (counted)", fontsize=9)
+    for ax, b in zip(axes[2:], batches):
+        for s in SAMPLERS:
+            pts = [(r["n"], r["seconds"]) for r in result["measured"]
+                   if r["sampler"] == s and r["batch"] == b and r["seconds"] is not None]
+            if pts:
+                fit = result["measured_slopes"].get(f"{s}_b{b}")
+                ax.loglog(*zip(*pts), styles[s], marker="o", ms=3,
+                          label=s + (f"  ~n^{fit['slope']:.1f}" if fit else ""))
+        ax.set_title(f"generation time, batch {b} (measured, s)", fontsize=9)
+    for ax in axes:
+        ax.set_xlabel("token map side n")
+        ax.set_xticks(grids, [str(n) for n in grids])
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"AR vs VAR, width {result['dim']}, depth {result['depth']}, on {result['machine']['device']}",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def print_table(result):
+    seconds = {(r["sampler"], r["n"], r["batch"]): r for r in result["measured"]}
+    head = f"{'n':>3} {'sampler':12} {'steps':>6} {'tokens':>8} {'attn GFLOP':>11} {'total GFLOP':>12}"
+    print(head + "".join(f" {'t(b=' + str(b) + ')':>10}" for b in result["batch_sizes"]))
+    for n in result["grids"]:
+        for s in SAMPLERS:
+            c = result["counted"][s][str(n)]
+            line = f"{n:3d} {s:12} {c['steps']:6d} {c['tokens']:8d} {c['attention_flops'] / 1e9:11.3f} " \
+                   f"{c['total_flops'] / 1e9:12.3f}"
+            for b in result["batch_sizes"]:
+                r = seconds.get((s, n, b))
+                line += f" {r['seconds']:9.4f}s" if r and r["seconds"] is not None else f" {'skipped':>10}"
+            print(line)
+    print("slopes (counted attention FLOPs): " +
+          ", ".join(f"{s} {v['attention_flops']:.2f}" for s, v in result["counted_slopes"].items()))
+    print("slopes (measured time): " +
+          ", ".join(f"{k} {v['slope']:.2f}" for k, v in result["measured_slopes"].items()))
+    for r in result["ratios"]:
+        print(f"n={r['n']:2d} batch {r['batch']:3d}: AR-cache / VAR-cache time {r['ar_cache_over_var_cache']:.2f}, "
+              f"AR-no-cache / VAR-cache {r['ar_nocache_over_var_cache']:.1f}")
+
+
+def parse_ints(text, flag):
+    try:
+        values = [int(v) for v in text.split(",")]
+        assert values and all(v >= 1 for v in values)
+        return sorted(set(values))
+    except (ValueError, AssertionError):
+        raise ValueError(f"{flag} {text}: give positive integers separated by commas, e.g. 4,8,16") from None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="AR vs VAR generation cost: counted FLOPs and steps, measured time")
+    p.add_argument("--grids", default="4,8,12,16,24,32", help="token-map sides n to count and time")
+    p.add_argument("--batch-sizes", default="1,64", help="batch sizes to time")
+    p.add_argument("--dim", type=int, default=256), p.add_argument("--depth", type=int, default=6)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--ratio", type=float, default=1.25, help="VAR scale schedule: ratio between consecutive sides")
+    p.add_argument("--max-run-s", type=float, default=20.0, help="skip a timing predicted to take longer than this")
+    p.add_argument("--budget-s", type=float, default=200.0, help="stop timing after this many seconds in all")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out-dir", default="results", help="where complexity_<device>.json and .png go")
+    args = p.parse_args(argv)
+    try:
+        grids, batch_sizes = parse_ints(args.grids, "--grids"), parse_ints(args.batch_sizes, "--batch-sizes")
+        if args.dim % args.heads or args.ratio <= 1:
+            raise ValueError("need --dim divisible by --heads and --ratio > 1")
+        device = pick_device(args.device)
+    except ValueError as e:
+        sys.exit(f"error: {e}")
+    torch.manual_seed(0)
+    torch.set_float32_matmul_precision("high")
+    t0 = time.perf_counter()
+    rows = measure(grids, batch_sizes, args.dim, args.depth, args.heads, args.ratio, device, args.max_run_s,
+                   args.budget_s)
+    result = {"grids": grids, "batch_sizes": batch_sizes, "dim": args.dim, "depth": args.depth, "heads": args.heads,
+              "ratio": args.ratio, "var_scales": {str(n): var_scales(n, args.ratio) for n in grids}, "measured": rows,
+              **summarize(rows, grids, batch_sizes, args.dim, args.depth, args.ratio)}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    result["machine"] = {"device": str(device), "name": name, "threads": torch.get_num_threads(),
+                         "torch": torch.__version__}
+    result["wall_s"] = time.perf_counter() - t0
+    result["command"] = "python -m minivar.complexity " + " ".join(argv if argv is not None else sys.argv[1:])
+    print_table(result)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"complexity_{device.type}.json").write_text(json.dumps(result, indent=1))
+    save_plot(result, out / f"complexity_{device.type}.png")
+    print(f"wrote {out / f'complexity_{device.type}.json'} and .png ({result['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

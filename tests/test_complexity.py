@@ -1,0 +1,86 @@
+"""minivar.complexity: the counted work of the four samplers, checked against the real samplers."""
+import json
+
+import pytest
+import torch
+
+from minivar.complexity import SAMPLERS, count, fit_slope, random_model, var_scales
+from minivar.mask import block_causal_mask
+from tests.conftest import run_script
+
+
+def test_var_scales_reproduce_the_papers_schedules():
+    assert var_scales(8) == (1, 2, 3, 4, 5, 6, 8)
+    assert var_scales(16) == (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    assert var_scales(1) == (1,) and var_scales(32)[-1] == 32
+
+
+def pairs_from_masks(sampler, n):
+    """Brute force: build each step's mask and count the allowed (query, key) pairs it runs."""
+    scales = (n,) if sampler.startswith("ar") else var_scales(n)
+    blocks = [1] * n * n if sampler.startswith("ar") else [s * s for s in scales]
+    mask = block_causal_mask(blocks)
+    total, end = 0, 0
+    for b in blocks:
+        end += b
+        rows = slice(end - b, end) if sampler.endswith("_cache") else slice(0, end)  # new tokens / the whole prefix
+        total += int(mask[rows, :end].sum())
+    return total
+
+
+def pairs_in_generate(sampler, n, monkeypatch):
+    """Brute force on the real sampler: count the pairs every attention call computes."""
+    model, quantizer = random_model(sampler, n, dim=16, depth=2, heads=2, ratio=1.25, device=torch.device("cpu"))
+    seen = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(q, k, v, attn_mask=None, **kw):
+        seen.append(int(attn_mask.sum()) if attn_mask is not None else q.shape[-2] * k.shape[-2])
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    with torch.no_grad():
+        model.generate(quantizer, torch.tensor([1]), use_cache=sampler.endswith("_cache"))
+    return sum(seen) // model.cfg.depth  # one call per layer per step
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_counted_attention_equals_brute_force(sampler, n, monkeypatch):
+    counted = count(sampler, n)["attention_pairs"]
+    assert counted == pairs_from_masks(sampler, n)
+    assert counted == pairs_in_generate(sampler, n, monkeypatch)
+
+
+def test_closed_forms_for_ar():
+    N = 100  # n = 10
+    assert count("ar_cache", 10)["attention_pairs"] == N * (N + 1) // 2
+    assert count("ar_nocache", 10)["attention_pairs"] == sum(k * (k + 1) // 2 for k in range(1, N + 1))
+    assert count("ar_cache", 10)["steps"] == N and count("var_cache", 16)["steps"] == 10
+
+
+def test_attention_slopes_are_6_4_4_4():
+    ns = [8, 12, 16, 24, 32, 48, 64]
+    slopes = {s: fit_slope(ns, [count(s, n)["attention_flops"] for n in ns]) for s in SAMPLERS}
+    for sampler, expected in zip(SAMPLERS, (6, 4, 4, 4)):
+        assert abs(slopes[sampler] - expected) <= 0.3, slopes
+
+
+def test_fit_slope_recovers_a_power():
+    assert fit_slope([2, 4, 8], [3 * n ** 2.5 for n in (2, 4, 8)]) == pytest.approx(2.5)
+
+
+def test_cli_writes_table_json_and_plot(tmp_path):
+    result = run_script("-m", "minivar.complexity", "--grids", "2,3,4", "--batch-sizes", "1,2", "--dim", "16",
+                        "--depth", "1", "--heads", "2", "--device", "cpu", "--out-dir", tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads((tmp_path / "complexity_cpu.json").read_text())
+    assert (tmp_path / "complexity_cpu.png").stat().st_size > 10_000
+    assert len(data["measured"]) == 3 * 2 * 4 and all(r["seconds"] > 0 for r in data["measured"])
+    assert set(data["measured_slopes"]) == {f"{s}_b{b}" for s in SAMPLERS for b in (1, 2)}
+    assert "ar_cache" in result.stdout and "slopes" in result.stdout
+
+
+def test_cli_bad_grid_is_one_line(tmp_path):
+    result = run_script("-m", "minivar.complexity", "--grids", "4,x", "--out-dir", tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "--grids 4,x" in result.stderr
