@@ -165,6 +165,7 @@ def summarize(rows, grids, batch_sizes, dim, depth, ratio):
 def save_plot(result, path):
     """Log-log: counted attention FLOPs and sequential steps; measured time at each batch size."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
     grids, batches = result["grids"], result["batch_sizes"]
     fig = Figure(figsize=(4.2 * (2 + len(batches)), 3.6))
     axes = fig.subplots(1, 2 + len(batches))
@@ -176,7 +177,7 @@ def save_plot(result, path):
     for s in ("ar_cache", "var_cache"):
         slope = result["counted_slopes"][s]["steps"]
         axes[1].loglog(grids, [result["counted"][s][str(n)]["steps"] for n in grids], styles[s], marker="o", ms=3,
-                       label=f"{s[:2].upper()}  ~n^{slope:.1f}")
+                       label=f"{s.split('_')[0].upper()}  ~n^{slope:.1f}")
     axes[0].set_title("attention FLOPs per image (counted)", fontsize=9)
     axes[1].set_title("sequential steps (counted)", fontsize=9)
     for ax, b in zip(axes[2:], batches):
@@ -191,6 +192,7 @@ def save_plot(result, path):
     for ax in axes:
         ax.set_xlabel("token map side n")
         ax.set_xticks(grids, [str(n) for n in grids])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
     fig.suptitle(f"AR vs VAR, width {result['dim']}, depth {result['depth']}, on {result['machine']['device']}",

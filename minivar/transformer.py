@@ -28,7 +28,9 @@ class Attention(nn.Module):
         B, L, D = x_BLD.shape
         q, k, v = self.qkv(x_BLD).view(B, L, 3, self.heads, D // self.heads).unbind(2)  # each B×L×H×Dh
         # normalise while the head dim is contiguous, then view as B×H×L×Dh (no copy)
-        q, k, v = self.q_norm(q).transpose(1, 2), self.k_norm(k).transpose(1, 2), v.transpose(1, 2)
+        # (in fp32: under bf16 autocast the norm's fp32 weight would otherwise miss the fused kernel)
+        q, k = self.q_norm(q.float()).type_as(v), self.k_norm(k.float()).type_as(v)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         if cache is not None:
             k, v = cache.append(k, v)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_LL)
