@@ -5,6 +5,10 @@
     python train.py --stage tokenizer --data-dir ../shared/data --max-steps 500
     python train.py --stage tokenizer --resume --max-steps 3000   # continue, or extend
 
+Several GPUs (or CPU processes): the same script under torchrun, e.g.
+
+    torchrun --standalone --nproc_per_node=4 train.py --preset gpu
+
 The AR baseline (raster order over a single-scale tokenizer's 8×8 map), in its own folder:
 
     python train.py --stage tokenizer --scales 8 --out-dir out-ar
@@ -17,6 +21,7 @@ resumed, and the flags you type. Ctrl-C saves a checkpoint; --resume continues e
 import argparse
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -29,6 +34,7 @@ from tqdm import tqdm
 from minivar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.data import DataError, load_cifar10
 from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
+from minivar import distributed
 from minivar.stages import ARStage, TokenizerStage, VARStage
 from minivar.tokenizer import TokenizerConfig
 from minivar.var import VARConfig
@@ -46,7 +52,7 @@ class TrainConfig:
     device: str = "auto"  # auto = cuda, then mps, then cpu
     seed: int = 0
     max_steps: int = 20_000
-    batch_size: int = 128
+    batch_size: int = 128  # global: under torchrun each of N processes takes batch_size / N rows
     lr: float = 1e-3  # peak learning rate, after warm-up, before cosine decay
     warmup_steps: int = 200
     weight_decay: float = 0.0
@@ -97,8 +103,9 @@ def peak_memory_gib(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB (process RSS)
 
 
-def train_stage(kind, cli: dict):
-    """Train one stage, resuming from <out_dir>/<kind>.pt if asked. Returns the checkpoint path."""
+def train_stage(kind, cli: dict, device_name=None):
+    """Train one stage, resuming from <out_dir>/<kind>.pt if asked. Returns the checkpoint path.
+    device_name: under torchrun, this process's device (it overrides --device)."""
     preset_train, preset_model = PRESETS[cli.get("preset", TrainConfig.preset)][kind]
     cfg = replace(TrainConfig(), **preset_train)
     model_cfg = MODEL_CONFIGS[kind](**preset_model)
@@ -120,7 +127,11 @@ def train_stage(kind, cli: dict):
             raise ValueError(f"--scales {cfg.scales}: {ckpt_path} was trained with scales {tuple(model_cfg.scales)}; "
                              "scales cannot change on --resume (use another --out-dir)")
         model_cfg = replace(model_cfg, scales=scales)
-    device = pick_device(cfg.device)
+    device = pick_device(device_name or cfg.device)
+    rank, world_size = distributed.world()
+    main = rank == 0  # only rank 0 prints, logs, evaluates and writes checkpoints
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} does not split evenly over {world_size} processes")
     torch.set_float32_matmul_precision("high")  # TF32 on recent NVIDIA GPUs; no effect elsewhere
 
     extra = {}
@@ -140,10 +151,16 @@ def train_stage(kind, cli: dict):
                                 latent_dim=tc["latent_dim"])
 
     seed_everything(cfg.seed)
-    train_data = load_cifar10(cfg.data_dir, "train")
+    with distributed.rank_zero_first():  # torchrun: one process downloads
+        train_data = load_cifar10(cfg.data_dir, "train")
     test_data = load_cifar10(cfg.data_dir, "test", download=False)
-    stage = STAGE_CLASSES[kind](cfg, model_cfg, train_data, test_data, device, **extra)
+    stage = STAGE_CLASSES[kind](cfg, model_cfg, train_data, test_data, device, rank=rank, world_size=world_size,
+                                **extra)
     model = stage.model
+    if world_size > 1:  # torchrun: gradients are averaged over processes during backward
+        stage.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False)  # buffers (code-use counts) are summed explicitly, see stages.py
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
     step, seconds = 0, 0.0
     if ckpt is not None:
@@ -151,16 +168,19 @@ def train_stage(kind, cli: dict):
         optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         step, seconds = ckpt["step"], ckpt["train_seconds"]
-    print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters on {device}, "
-          f"steps {step} -> {cfg.max_steps}, batch {cfg.batch_size}")
+    if main:
+        print(f"{kind}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters on {device}"
+              f"{f' × {world_size} processes' if world_size > 1 else ''}, steps {step} -> {cfg.max_steps}, "
+              f"batch {cfg.batch_size}")
 
     def save(step):
         save_checkpoint({"kind": kind, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "model_config": asdict(model_cfg), "train_config": asdict(cfg), "step": step,
                          "train_seconds": seconds, "rng": rng_state(), **stage.checkpoint()}, ckpt_path)
 
-    log = open(out_dir / f"{kind}_log.jsonl", "a" if ckpt is not None else "w")  # a fresh run, a fresh log
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=kind, dynamic_ncols=True)
+    log_path = out_dir / f"{kind}_log.jsonl" if main else os.devnull
+    log = open(log_path, "a" if ckpt is not None else "w")  # a fresh run, a fresh log
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=kind, dynamic_ncols=True, disable=not main)
     try:
         while step < (min(cfg.stop_at, cfg.max_steps) if cfg.stop_at > 0 else cfg.max_steps):
             t0 = time.perf_counter()
@@ -181,23 +201,26 @@ def train_stage(kind, cli: dict):
                 log.write(json.dumps({"step": step, "seconds": round(seconds, 2), "lr": lr_at(step - 1, cfg),
                                       **metrics}) + "\n")
                 log.flush()
-            if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            if main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
                 results = stage.evaluate()
                 stage.save_picture(out_dir / f"{kind}_step{step:06d}.png")
                 log.write(json.dumps({"step": step, "seconds": round(seconds, 2), "eval": results}) + "\n")
                 log.flush()
                 bar.write(f"step {step}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in results.items()))
                 save(step)
-        if step < cfg.max_steps:  # stopped early by --stop-at
+        if step < cfg.max_steps and main:  # stopped early by --stop-at
             save(step)
             print(f"stopped at step {step} (--stop-at); continue with --resume")
     except KeyboardInterrupt:
-        save(step)
+        if main:
+            save(step)
+            print(f"\ninterrupted: saved {ckpt_path} at step {step}; continue with --resume")
         bar.close()
-        print(f"\ninterrupted: saved {ckpt_path} at step {step}; continue with --resume")
         sys.exit(130)
     bar.close()
     log.close()
+    if not main:
+        return ckpt_path
     print(f"{kind}: done in {seconds / 60:.1f} min of training ({step / max(seconds, 1e-9):.2f} steps/s, "
           f"{step * stage.items_per_step / max(seconds, 1e-9):.0f} {stage.items}/s), peak memory {peak_memory_gib(device):.2f} GiB; "
           f"checkpoint {ckpt_path}")
@@ -244,17 +267,19 @@ def parse_args(argv=None) -> dict:
 def main(argv=None):
     cli = parse_args(argv)
     stage = cli.pop("stage", "all")
+    device_name = None
     try:
+        if distributed.world()[1] > 1:  # started by torchrun with several processes
+            device_name = distributed.setup(cli.get("device", "auto"))
         Path(cli.get("out_dir", TrainConfig.out_dir)).mkdir(parents=True, exist_ok=True)
-        if stage != "all":
-            train_stage(stage, cli)
-            return
-        for kind in STAGES:  # `all`: run each stage, skipping one whose checkpoint already exists
+        for kind in STAGES if stage == "all" else [stage]:
             path = Path(cli.get("out_dir", TrainConfig.out_dir)) / f"{kind}.pt"
-            if path.exists() and not cli.get("resume"):
-                print(f"{kind}: {path} exists, skipping (delete it to retrain, or --resume to continue)")
+            if stage == "all" and path.exists() and not cli.get("resume"):  # `all` skips finished stages
+                if distributed.world()[0] == 0:
+                    print(f"{kind}: {path} exists, skipping (delete it to retrain, or --resume to continue)")
                 continue
-            train_stage(kind, cli)
+            train_stage(kind, cli, device_name)
+        distributed.cleanup()
     except (DataError, CheckpointError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
 

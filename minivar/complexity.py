@@ -106,7 +106,7 @@ def time_generation(model, quantizer, batch, use_cache, device, repeats):
     return sorted(times)[len(times) // 2]
 
 
-def measure(grids, batch_sizes, dim, depth, heads, ratio, device, max_run_s, budget_s):
+def measure(grids, batch_sizes, dim, depth, heads, ratio, device, max_run_s, budget_s, progress=True):
     """Wall time of every sampler at every (n, batch) that fits. A run is skipped when its
     time, predicted from the same sampler's previous grid scaled by the counted FLOPs,
     exceeds max_run_s, or when the whole budget is spent."""
@@ -117,7 +117,7 @@ def measure(grids, batch_sizes, dim, depth, heads, ratio, device, max_run_s, bud
         # warm up: first calls pay for allocations and, on a GPU, kernel loading
         model, quantizer = random_model("var_cache", grids[0], dim, depth, heads, ratio, device)
         time_generation(model, quantizer, 1, True, device, repeats=2)
-        for n, batch, sampler in tqdm(jobs, desc="timing generation", dynamic_ncols=True):
+        for n, batch, sampler in tqdm(jobs, desc="timing generation", dynamic_ncols=True, disable=not progress):
             predicted = None
             if (sampler, batch) in last:
                 n0, t0 = last[(sampler, batch)]
@@ -155,9 +155,9 @@ def summarize(rows, grids, batch_sizes, dim, depth, ratio):
         for b in batch_sizes:
             var = seconds.get(("var_cache", n, b))
             if var:
-                ratios.append({"n": n, "batch": b,
-                               "ar_cache_over_var_cache": seconds.get(("ar_cache", n, b), math.nan) / var,
-                               "ar_nocache_over_var_cache": seconds.get(("ar_nocache", n, b), math.nan) / var})
+                ar, ar_nocache = seconds.get(("ar_cache", n, b)), seconds.get(("ar_nocache", n, b))
+                ratios.append({"n": n, "batch": b, "ar_cache_over_var_cache": ar / var if ar else None,
+                               "ar_nocache_over_var_cache": ar_nocache / var if ar_nocache else None})
     return {"counted": {s: {str(n): c for n, c in v.items()} for s, v in counted.items()},
             "counted_slopes": counted_slopes, "measured_slopes": measured_slopes, "ratios": ratios}
 
@@ -218,9 +218,15 @@ def print_table(result):
           ", ".join(f"{s} {v['attention_flops']:.2f}" for s, v in result["counted_slopes"].items()))
     print("slopes (measured time): " +
           ", ".join(f"{k} {v['slope']:.2f}" for k, v in result["measured_slopes"].items()))
-    for r in result["ratios"]:
-        print(f"n={r['n']:2d} batch {r['batch']:3d}: AR-cache / VAR-cache time {r['ar_cache_over_var_cache']:.2f}, "
-              f"AR-no-cache / VAR-cache {r['ar_nocache_over_var_cache']:.1f}")
+    print_ratios(result["ratios"])
+
+
+def print_ratios(ratios):
+    """AR time over VAR (cached) time, at each measured size and batch."""
+    fmt = lambda x: f"{x:6.2f}" if x is not None else "  (not timed)"
+    for r in ratios:
+        print(f"n={r['n']:2d}, batch {r['batch']:3d}: AR-cache / VAR-cache time {fmt(r['ar_cache_over_var_cache'])}, "
+              f"AR-no-cache / VAR-cache {fmt(r['ar_nocache_over_var_cache'])}")
 
 
 def parse_ints(text, flag):

@@ -135,6 +135,13 @@ class EpochSampler:
         idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
         return idx.chunk(self.world_size)[self.rank]
 
+    def uniforms(self, stream: int, step: int) -> torch.Tensor:
+        """One uniform number in [0, 1) per row of this rank's part of the batch. Drawn for
+        the whole batch, then sliced like the indices: under torchrun every row gets the
+        number it would get in a single process (flips, class dropout)."""
+        u = torch.rand(self.batch_size, generator=self.generator(stream, step))
+        return u.chunk(self.world_size)[self.rank]
+
 
 class Batches:
     """Shuffled, randomly flipped image batches of one split, held on `device` as uint8.
@@ -148,7 +155,7 @@ class Batches:
         idx = self.sampler.indices(step).to(self.images.device)
         x = to_float(self.images[idx])
         if self.flip:
-            flip = torch.rand(len(idx), generator=self.sampler.generator(1, step)) < 0.5
+            flip = self.sampler.uniforms(1, step) < 0.5
             x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
         return x, self.labels[idx]
 

@@ -58,8 +58,8 @@ class MultiScaleQuantizer(nn.Module):
         nearest = min(range(n), key=lambda j: abs(j / max(n - 1, 1) - position))  # ties: the coarser
         return self.phis[nearest]
 
-    def nearest_code(self, u_BCss):
-        """Index of the nearest codebook entry for every position.
+    def nearest_code(self, u_BCss, exclude=None):
+        """Index of the nearest codebook entry for every position (never one in `exclude`).
 
         Cosine lookup compares directions only. Residuals shrink scale after scale, so with
         plain Euclidean distance each scale would draw on its own band of code norms and
@@ -68,9 +68,12 @@ class MultiScaleQuantizer(nn.Module):
         u_NC = u_BCss.permute(0, 2, 3, 1).reshape(-1, C)
         e_VC = self.codebook.weight
         if self.cosine_lookup:
-            return (F.normalize(u_NC, dim=1) @ F.normalize(e_VC, dim=1).T).argmax(1).view(B, s, s)
-        dist_NV = u_NC.pow(2).sum(1, keepdim=True) - 2 * u_NC @ e_VC.T + e_VC.pow(2).sum(1)  # ||u - e||²
-        return dist_NV.argmin(1).view(B, s, s)
+            score_NV = F.normalize(u_NC, dim=1) @ F.normalize(e_VC, dim=1).T
+        else:
+            score_NV = -(u_NC.pow(2).sum(1, keepdim=True) - 2 * u_NC @ e_VC.T + e_VC.pow(2).sum(1))  # −||u − e||²
+        if exclude is not None:
+            score_NV[:, exclude] = float("-inf")
+        return score_NV.argmax(1).view(B, s, s)
 
     def embed(self, idx_Bss, k):
         """Token map of scale k -> its contribution h_k at the full latent size."""
@@ -150,7 +153,7 @@ class MultiScaleQuantizer(nn.Module):
             for k, side in enumerate(self.scales):  # the same residuals the forward pass quantizes
                 u_BCss = area_resize(rest, side)
                 residuals.append(u_BCss.permute(0, 2, 3, 1).reshape(-1, u_BCss.shape[1]))
-                rest = rest - self.embed(self.nearest_code(u_BCss), k)
+                rest = rest - self.embed(self.nearest_code(u_BCss, exclude=dead), k)  # live codes only
             # Each dead code goes to a random scale's residuals, every scale equally likely:
             # drawing by position would send most codes to the finest scale (64 of 155 positions).
             scale_of_code = torch.randint(len(residuals), (len(dead),))

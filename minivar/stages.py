@@ -3,6 +3,7 @@
 train.py runs one loop for every stage; a stage object supplies the parts that differ:
 
     stage.model                  the nn.Module being trained
+    stage.net                    what the training step calls: the model, or under torchrun its DDP wrapper
     stage.loss(step)             (loss, metrics) on the batch of this step
     stage.after_step(step, opt)  housekeeping after the optimizer step (e.g. re-seeding codes)
     stage.evaluate()             metrics on the test split
@@ -15,6 +16,7 @@ import torch
 
 from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
 from minivar.device import autocast
+from minivar.distributed import rank_zero_first, rows_from_all_ranks, sum_across_ranks
 from minivar.plots import save_reconstruction_grid, save_sample_grid
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
 from minivar.ar import AR
@@ -25,11 +27,11 @@ from minivar.var import VAR
 class TokenizerStage:
     kind, items = "tokenizer", "img"  # the progress bar counts images per second
 
-    def __init__(self, tcfg, model_cfg: TokenizerConfig, train_data, test_data, device):
+    def __init__(self, tcfg, model_cfg: TokenizerConfig, train_data, test_data, device, rank=0, world_size=1):
         self.tcfg, self.device = tcfg, device
-        self.model = Tokenizer(model_cfg).to(device)
-        self.items_per_step = tcfg.batch_size
-        self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed)
+        self.model = self.net = Tokenizer(model_cfg).to(device)
+        self.items_per_step = tcfg.batch_size  # the global batch (split across ranks under torchrun)
+        self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
         self.test_images, self.test_labels = test_data[0][:tcfg.eval_images], test_data[1][:tcfg.eval_images]
         self._last_latent = None
         self._usage = self.model.quantizer.usage_per_scale()  # over the last full re-seed window
@@ -37,7 +39,7 @@ class TokenizerStage:
     def loss(self, step):
         x, _ = self.batches.batch(step)
         with autocast(self.device):
-            x_rec, loss, info = self.model(x)
+            x_rec, loss, info = self.net(x)
         self._last_latent = info["f"].detach().float()
         return loss, {"loss": loss.item(), "psnr": psnr(x_rec.float(), x).mean().item(),
                       "usage": self._usage[-1].item(), "usage_min": self._usage.min().item()}
@@ -48,8 +50,12 @@ class TokenizerStage:
         statistics do not throw the fresh codes around."""
         if (step + 1) % self.tcfg.reseed_every:
             return {}
+        # torchrun: count code use over every rank's images and re-seed from the whole global
+        # batch, so that all ranks make the same change (no-ops in a single process)
+        sum_across_ranks(self.model.quantizer.hits_KV)
+        latents = rows_from_all_ranks(self._last_latent)
         self._usage = self.model.quantizer.usage_per_scale()
-        dead = self.model.quantizer.reseed_dead_codes(self._last_latent)
+        dead = self.model.quantizer.reseed_dead_codes(latents)
         state = optimizer.state.get(self.model.quantizer.codebook.weight, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in state:
@@ -125,17 +131,19 @@ class VARStage:
     kind, items = "var", "tok"  # the progress bar counts tokens per second
     model_class = VAR
 
-    def __init__(self, tcfg, model_cfg, train_data, test_data, device, tokenizer_config, tokenizer_state):
+    def __init__(self, tcfg, model_cfg, train_data, test_data, device, tokenizer_config, tokenizer_state,
+                 rank=0, world_size=1):
         self.tcfg, self.device = tcfg, device
         self.tokenizer = frozen_tokenizer(tokenizer_config, tokenizer_state).to(device)
         self.tokenizer_config, self.tokenizer_state = tokenizer_config, tokenizer_state
-        train_tok, self.train_labels, test_tok, test_labels = cached_tokens(
-            self.tokenizer, tcfg.out_dir, train_data, test_data, device)
+        with rank_zero_first():  # torchrun: one process tokenizes, the others read its cache
+            train_tok, self.train_labels, test_tok, test_labels = cached_tokens(
+                self.tokenizer, tcfg.out_dir, train_data, test_data, device)
         self.train_tokens = train_tok.to(device)
         self.test_tokens, self.test_labels = test_tok[:tcfg.eval_images].to(device), test_labels[:tcfg.eval_images].to(device)
         self.train_labels = self.train_labels.to(device)
-        self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed)
-        self.model = self.model_class(model_cfg).to(device)
+        self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed, rank, world_size)
+        self.model = self.net = self.model_class(model_cfg).to(device)
         self.items_per_step = tcfg.batch_size * self.model.seq_len
 
     def inputs(self, tokens_BL):
@@ -146,8 +154,9 @@ class VARStage:
     def loss(self, step):
         idx = self.sampler.indices(step).to(self.device)
         tokens, labels = self.train_tokens[idx].long(), self.train_labels[idx]
+        labels = self.model.drop_labels(labels, self.sampler.uniforms(2, step))  # the null class, for CFG
         with autocast(self.device):
-            logits, loss = self.model(self.inputs(tokens), labels, tokens)
+            logits, loss = self.net(self.inputs(tokens), labels, tokens)
         return loss, {"loss": loss.item(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
 
     def after_step(self, step, optimizer):

@@ -98,13 +98,11 @@ class VAR(nn.Module):
     def forward(self, x_BLC, labels_B, targets_BL=None):
         """Training / scoring pass over the whole sequence.
 
-        x_BLC: teacher-forcing inputs of scales 2..K (tokenizer.teacher_forcing_inputs), B×(L−1)×C.
+        x_BLC: teacher-forcing inputs of scales 2..K (from teacher_forcing_inputs), B×(L−1)×C.
+        labels_B: class ids; the null class (id num_classes) for unconditional; see drop_labels.
         targets_BL: the token maps of all K scales, flattened and concatenated.
         Returns (logits B×L×V, mean cross-entropy or None).
         """
-        if self.training and self.cfg.class_dropout > 0:  # learn the unconditional model too, for CFG
-            drop = torch.rand(labels_B.shape, device=labels_B.device) < self.cfg.class_dropout
-            labels_B = torch.where(drop, self.cfg.num_classes, labels_B)
         cond_BD = self.class_emb(labels_B)
         h = self.embed(x_BLC, cond_BD, start=0)
         for block in self.blocks:
@@ -114,6 +112,12 @@ class VAR(nn.Module):
         if targets_BL is not None:
             loss = F.cross_entropy(logits_BLV.flatten(0, 1).float(), targets_BL.flatten())
         return logits_BLV, loss
+
+    def drop_labels(self, labels_B, uniform_B):
+        """Training: each label becomes the null class with probability class_dropout, so the
+        model also learns p(tokens | no class), which CFG needs. uniform_B holds one U[0, 1)
+        number per row, from the data sampler (the same numbers alone or under torchrun)."""
+        return torch.where(uniform_B.to(labels_B.device) < self.cfg.class_dropout, self.cfg.num_classes, labels_B)
 
     def loss_per_scale(self, logits_BLV, targets_BL):
         """Mean cross-entropy of each scale's tokens (nats): a list of K numbers."""

@@ -1,0 +1,92 @@
+"""torchrun: data-parallel training with 2 CPU processes (gloo) equals one process."""
+import os
+import sys
+
+import pytest
+import torch
+
+from minivar.data import EpochSampler
+from tests.conftest import ROOT, run_script, write_fake_cifar
+
+ENV = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz", "OMP_NUM_THREADS": "1"}
+TINY = ["--preset", "tiny", "--batch-size", "16", "--max-steps", "12", "--eval-every", "6", "--reseed-every", "4"]
+
+
+def torchrun(*args):
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
+                        *args, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def single(*args):
+    result = run_script("train.py", *TINY, *args, env=ENV)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_ranks_see_disjoint_halves_of_the_same_batches():
+    whole = EpochSampler(100, 16, seed=3)
+    halves = [EpochSampler(100, 16, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for step in (0, 5, 6, 13):  # 6 batches per epoch: steps 6 and 13 are in later epochs
+        parts = [h.indices(step) for h in halves]
+        assert torch.equal(torch.cat(parts), whole.indices(step)) and not set(parts[0].tolist()) & set(parts[1].tolist())
+        assert torch.equal(torch.cat([h.uniforms(1, step) for h in halves]), whole.uniforms(1, step))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tokenizer then VAR, once in one process and once under torchrun with 2 processes.
+    The torchrun VAR stage starts from the single run's tokenizer: the two tokenizers agree
+    to float precision, but that can flip a few tokens, and VAR would train on other data."""
+    root = tmp_path_factory.mktemp("ddp")
+    write_fake_cifar(root / "data" / "cifar-10-batches-py")
+    data = ["--data-dir", root / "data"]
+    single(*data, "--out-dir", root / "one")
+    logs = torchrun("--stage", "tokenizer", *data, "--out-dir", root / "two")
+    (root / "two" / "tokenizer.pt").rename(root / "two" / "tokenizer_ddp.pt")
+    (root / "two" / "tokenizer.pt").write_bytes((root / "one" / "tokenizer.pt").read_bytes())
+    logs_var = torchrun("--stage", "var", *data, "--out-dir", root / "two")
+    return root, data, logs.stdout + logs_var.stdout
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def close(a, b, atol=1e-4):
+    return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-4) for k in a)
+
+
+@pytest.mark.parametrize("stage", ["tokenizer", "var"])
+def test_two_processes_equal_one_with_the_same_global_batch(runs, stage):
+    root, _, _ = runs
+    two_name = "tokenizer_ddp.pt" if stage == "tokenizer" else "var.pt"
+    one, two = weights(root / "one" / f"{stage}.pt"), weights(root / "two" / two_name)
+    assert close(one, two)
+
+
+def test_only_rank_zero_writes_and_prints(runs):
+    root, _, logs = runs
+    files = sorted(p.name for p in (root / "two").iterdir() if not p.name.startswith(("tokens-", "tokenizer_ddp")))
+    assert files == sorted(p.name for p in (root / "one").iterdir() if not p.name.startswith("tokens-"))
+    assert logs.count("tokenizer: done") == 1 and logs.count("var: done") == 1 and logs.count("× 2 processes") == 2
+    assert not list((root / "two").glob("*.tmp"))
+
+
+def test_torchrun_interrupted_and_resumed_ends_where_uninterrupted_ends(runs):
+    root, data, _ = runs
+    out = root / "resumed"
+    out.mkdir()
+    (out / "tokenizer.pt").write_bytes((root / "two" / "tokenizer.pt").read_bytes())
+    torchrun("--stage", "var", *data, "--out-dir", out, "--stop-at", "5")
+    assert torch.load(out / "var.pt", weights_only=True)["step"] == 5
+    torchrun("--stage", "var", *data, "--out-dir", out, "--resume")
+    assert close(weights(out / "var.pt"), weights(root / "two" / "var.pt"), atol=1e-6)
+
+
+def test_a_batch_that_does_not_split_is_one_line(runs, tmp_path):
+    root, data, _ = runs
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
+                        "--batch-size", "15", "--stage", "tokenizer", *data, "--out-dir", tmp_path, env=ENV)
+    assert result.returncode != 0 and "--batch-size 15 does not split evenly over 2 processes" in result.stderr
