@@ -157,7 +157,7 @@ def train_stage(kind, cli: dict, device_name=None):
     stage = STAGE_CLASSES[kind](cfg, model_cfg, train_data, test_data, device, rank=rank, world_size=world_size,
                                 **extra)
     model = stage.model
-    if world_size > 1:  # torchrun: gradients are averaged over processes during backward
+    if distributed.active():  # torchrun: gradients are averaged over processes during backward
         stage.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)  # buffers (code-use counts) are summed explicitly, see stages.py

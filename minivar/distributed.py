@@ -27,7 +27,7 @@ def setup(device_name):
     if device_name in ("auto", "cuda") and torch.cuda.is_available():
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local_rank)
-        dist.init_process_group("nccl")
+        dist.init_process_group("nccl", device_id=torch.device(f"cuda:{local_rank}"))
         return f"cuda:{local_rank}"
     dist.init_process_group("gloo")
     return "cpu" if device_name == "auto" else device_name
