@@ -12,15 +12,11 @@ from pathlib import Path
 
 import torch
 
-from minivar.checkpoint import CheckpointError, load_checkpoint
+from minivar.checkpoint import CheckpointError
 from minivar.data import CLASSES
 from minivar.device import autocast, pick_device
 from minivar.plots import save_sample_grid
-from minivar.stages import frozen_tokenizer
-from minivar.ar import AR
-from minivar.var import VAR, VARConfig
-
-MODELS = {"var": VAR, "ar": AR}  # checkpoint kind -> model class
+from minivar.stages import load_generator
 
 
 def parse_classes(text, num_classes):
@@ -42,21 +38,6 @@ def parse_classes(text, num_classes):
     return ids
 
 
-def load_model(ckpt_path, device):
-    """(model, tokenizer) rebuilt from a VAR or AR checkpoint alone."""
-    ckpt = load_checkpoint(ckpt_path)
-    if ckpt["kind"] not in MODELS:
-        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; sample.py needs a var or ar checkpoint "
-                              f"(train one with: python train.py --stage var)")
-    model = MODELS[ckpt["kind"]](VARConfig(**ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt_path}: weights do not match the config stored with them ({str(e)[:100]})") from None
-    tokenizer = frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"])
-    return model.to(device).eval(), tokenizer.to(device)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ckpt", default="out/var.pt", help="a var (or ar) checkpoint written by train.py")
@@ -76,7 +57,7 @@ def main(argv=None):
         if Path(args.out).suffix.lower() != ".png":
             raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png path")
         device = pick_device(args.device)
-        model, tokenizer = load_model(args.ckpt, device)
+        model, tokenizer = load_generator(args.ckpt, device)
         class_ids = parse_classes(args.classes, model.cfg.num_classes)
         labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
         generator = torch.Generator(device).manual_seed(args.seed)

