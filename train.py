@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 from minivar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.data import DataError, load_cifar10
-from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
 from minivar import distributed
+from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
 from minivar.stages import ARStage, TokenizerStage, VARStage
 from minivar.tokenizer import TokenizerConfig
 from minivar.var import VARConfig

@@ -21,8 +21,8 @@ from tqdm import tqdm
 from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10, to_uint8
 from minivar.device import autocast, pick_device
-from minivar.stages import frozen_tokenizer, load_generator
 from minivar.metrics import InceptionFeatures, MetricsError, features, frechet_distance, reference_statistics, statistics
+from minivar.stages import frozen_tokenizer, load_generator
 
 
 def feature_network(device):

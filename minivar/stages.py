@@ -13,13 +13,13 @@ train.py runs one loop for every stage; a stage object supplies the parts that d
 
 import torch
 
+from minivar.ar import AR
+from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
 from minivar.device import autocast
 from minivar.distributed import rank_zero_first, rows_from_all_ranks, sum_across_ranks
 from minivar.plots import save_reconstruction_grid, save_sample_grid
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
-from minivar.ar import AR
-from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.tokens import cached_tokens, split_scales
 from minivar.var import VAR, VARConfig
 
