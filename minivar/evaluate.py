@@ -56,7 +56,8 @@ def reconstructed_images(tokenizer, images_uint8, labels, args, device):
 
 def evaluate(args):
     device = pick_device(args.device)
-    kind = load_checkpoint(args.ckpt)["kind"]
+    ckpt = load_checkpoint(args.ckpt)
+    kind = ckpt["kind"]
     if kind not in ("tokenizer", "var", "ar"):
         raise CheckpointError(f"{args.ckpt} is a {kind} checkpoint; evaluate takes a tokenizer, var or ar checkpoint")
     test_images, test_labels = load_cifar10(args.data_dir, "test", download=False)
@@ -68,7 +69,6 @@ def evaluate(args):
                                              "cifar10-test", device)
     t1 = time.perf_counter()
     if kind == "tokenizer":
-        ckpt = load_checkpoint(args.ckpt)
         tokenizer = frozen_tokenizer(ckpt["model_config"], ckpt["model"]).to(device)
         images = reconstructed_images(tokenizer, test_images[:args.n], test_labels[:args.n], args, device)
         settings = {"what": "rFID: reconstructions of the first n test images"}
