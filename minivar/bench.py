@@ -75,15 +75,14 @@ def bench_tokenizer(args, device):
 
 
 def var_from_args(args, device):
-    """(model, tokenizer, checkpoint or None): from --ckpt, or random weights with --random."""
+    """(model, tokenizer): from --ckpt, or random weights with --random."""
     if args.random:
         from minivar.tokenizer import Tokenizer, TokenizerConfig
         torch.manual_seed(0)
         scales = args.scales  # only the quantizer is used: any latent side
         tok = Tokenizer(TokenizerConfig(scales=scales)).eval().requires_grad_(False).to(device)
-        return VAR(VARConfig(scales=scales, dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok, None
-    model, tokenizer = load_generator(args.ckpt, device)
-    return model, tokenizer, load_checkpoint(args.ckpt)
+        return VAR(VARConfig(scales=scales, dim=args.dim, depth=args.depth, heads=args.heads)).to(device), tok
+    return load_generator(args.ckpt, device)
 
 
 def transformer_train_flops(model, batch):
@@ -98,9 +97,9 @@ def transformer_train_flops(model, batch):
 
 
 def bench_var(args, device):
-    model, tok, ckpt = var_from_args(args, device)
+    model, tok = var_from_args(args, device)
     result = {"params": model.num_params(), "config": asdict(model.cfg)}
-    if ckpt is not None and args.data_dir:  # quality: test cross-entropy per scale
+    if not args.random and args.data_dir:  # quality: test cross-entropy per scale
         test = load_cifar10(args.data_dir, "test", download=False)
         tokens = tokenize(tok, test[0][:args.n], device).to(device)
         model.eval()

@@ -155,7 +155,8 @@ class VAR(nn.Module):
                 for block, mod, cache in zip(self.blocks, block_mods, caches):
                     h = block(h, mod, cache=cache)
             else:  # rerun the whole prefix under the mask, keep the newest block
-                seen += [] if x_2Bl is None else [x_2Bl]
+                if x_2Bl is not None:
+                    seen.append(x_2Bl)
                 h = self.embed(torch.cat(seen, dim=1) if seen else None, cond_2BD, 0)
                 for block, mod in zip(self.blocks, block_mods):
                     h = block(h, mod, self.mask_LL[:start + size, :start + size])
