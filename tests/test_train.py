@@ -1,6 +1,7 @@
 """train.py and sample.py end to end, on a tiny synthetic CIFAR-10 (--preset tiny)."""
 import os
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -126,14 +127,41 @@ def test_sample_writes_a_labelled_png(trained, tmp_path, ckpt):
         assert img.format == "PNG" and img.size[0] > 100 and img.size[1] > 100
 
 
+@pytest.mark.parametrize("extra", [["--reject", "3"], ["--edit", "inpaint", "--image", "5"],
+                                   ["--edit", "outpaint", "--image", "IMAGE", "--classes", "cat"],
+                                   ["--edit", "classedit", "--image", "0", "--classes", "dog,ship", "--box", "0,0,16,32"]])
+def test_sample_rejection_and_editing_write_a_png(trained, tmp_path, extra):
+    source = tmp_path / "source.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(source)
+    extra = [str(source) if a == "IMAGE" else a for a in extra]
+    out = tmp_path / "grid.png"
+    result = run_script("sample.py", "--ckpt", trained / "full" / "var.pt", "--n-per-class", "2", "--out", out,
+                        "--data-dir", trained / "data", *extra)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with Image.open(out) as img:
+        assert img.format == "PNG" and img.size[0] > 100
+
+
 @pytest.mark.parametrize("args, message", [
     (["--classes", "unicorn"], "unknown class 'unicorn'"),
+    (["--reject", "0"], "--reject 0"),
+    (["--edit", "inpaint"], "needs --image"),
+    (["--edit", "inpaint", "--image", "99999"], "--image 99999"),
+    (["--edit", "inpaint", "--image", "3", "--box", "8,8,40"], "--box 8,8,40"),
+    (["--edit", "inpaint", "--image", "3", "--box", "8,8,40,16"], "box 8,8,40,16"),
+    (["--edit", "inpaint", "--image", "/nonexistent.png"], "--image /nonexistent.png"),
     (["--classes", "12"], "class id 12 is out of range"),
     (["--ckpt", "/nonexistent/var.pt"], "does not exist"),
 ])
 def test_sample_bad_input_gives_one_clear_line(trained, tmp_path, args, message):
-    base = ["--ckpt", trained / "full" / "var.pt", "--out", tmp_path / "g.png"]
+    base = ["--ckpt", trained / "full" / "var.pt", "--out", tmp_path / "g.png", "--data-dir", trained / "data"]
     assert message in one_line_error(run_script("sample.py", *base, *args))
+
+
+def test_editing_an_ar_checkpoint_says_it_can_only_continue_a_prefix(trained, tmp_path):
+    result = run_script("sample.py", "--ckpt", trained / "full-ar" / "ar.pt", "--edit", "inpaint", "--image", "0",
+                        "--data-dir", trained / "data", "--out", tmp_path / "g.png")
+    assert "continue a prefix" in one_line_error(result)
 
 
 def test_sample_refuses_a_tokenizer_checkpoint(trained, tmp_path):
@@ -165,10 +193,39 @@ def test_evaluate_end_to_end_with_a_stand_in_network(trained, tmp_path, monkeypa
     evaluate.main(args)
     result = json.loads(out.read_text())
     assert result["kind"] == kind and result["n"] == 40 and result["feature_network"] == "StandIn"
-    assert result["fid"] > 0 and "fid" in capsys.readouterr().out
+    assert len(result["rows"]) == 1 and result["rows"][0]["fid"] > 0 and "FID" in capsys.readouterr().out
     assert len(list(tmp_path.glob("fid-ref-cifar10-test-*.pt"))) == 1  # the reference statistics, cached
     evaluate.main(args)  # a second run reads the cache and gives the same number
-    assert json.loads(out.read_text())["fid"] == pytest.approx(result["fid"])
+    assert json.loads(out.read_text())["rows"][0]["fid"] == pytest.approx(result["rows"][0]["fid"])
+
+
+def test_evaluate_cfg_sweep_training_floor_and_image_files(trained, tmp_path, monkeypatch):
+    import json
+    import numpy as np
+    from minivar import evaluate
+    from minivar.data import load_cifar10
+    monkeypatch.setattr(evaluate, "feature_network", StandIn)
+    common = ["--n", "40", "--batch-size", "16", "--data-dir", str(trained / "data"), "--cache-dir", str(tmp_path),
+              "--device", "cpu", "--out", str(tmp_path / "fid.json")]
+    evaluate.main(["--ckpt", str(trained / "full" / "var.pt"), "--cfg", "0,3"] + common)
+    rows = json.loads((tmp_path / "fid.json").read_text())["rows"]
+    assert [r["cfg"] for r in rows] == [0, 3] and rows[0]["fid"] != rows[1]["fid"]
+
+    evaluate.main(["--train"] + common)
+    floor = json.loads((tmp_path / "fid.json").read_text())["rows"][0]["fid"]
+    train_images = load_cifar10(trained / "data", "train", download=False)[0][:40].numpy()
+    np.savez(tmp_path / "train40.npz", images=train_images)
+    evaluate.main(["--images", str(tmp_path / "train40.npz")] + common[2:])  # the same 40 images from a file
+    result = json.loads((tmp_path / "fid.json").read_text())
+    assert result["n"] == 40 and result["rows"][0]["fid"] == pytest.approx(floor)
+
+
+@pytest.mark.parametrize("flags, message", [(["--cfg", "1,x"], "--cfg 1,x"), (["--images", "nope.npz"], "nope.npz")])
+def test_evaluate_bad_flags_are_one_line(trained, tmp_path, flags, message):
+    if flags[0] == "--cfg":
+        flags = ["--ckpt", str(trained / "full" / "var.pt")] + flags
+    result = run_script("-m", "minivar.evaluate", *flags, "--data-dir", trained / "data", "--out", tmp_path / "f.json")
+    assert message in one_line_error(result)
 
 
 def test_evaluate_without_the_extra_is_one_line(trained, tmp_path):
