@@ -126,13 +126,15 @@ class VAR(nn.Module):
 
     @torch.no_grad()
     def generate(self, quantizer, labels_B, cfg=1.5, temperature=1.0, top_k=0, top_p=1.0,
-                 generator=None, use_cache=True, return_logits=False):
+                 generator=None, use_cache=True, return_logits=False, keep=None):
         """Sample one image's token maps per label, block by block (VAR: coarse to fine,
         paper Alg. 2; AR: token by token).
 
         CFG: the batch runs twice, with the class and with the null class, and the logits
         are mixed with guidance_weight(step). use_cache=False reruns the whole prefix at
-        every step under the mask (for benchmarks and tests).
+        every step under the mask (for benchmarks and tests). keep = (source_BL, keep_BL),
+        all scales flattened as in training: wherever keep_BL is True the drawn token is
+        replaced by the source's before the next step sees it (zero-shot editing, editing.py).
         Returns the index maps, one per scale (and, if asked, the guided logits of every step).
         """
         B = len(labels_B)
@@ -163,6 +165,9 @@ class VAR(nn.Module):
                 h = h[:, start:]
             logits_BlV = guided_logits(self.head(h, head_mod), self.guidance_weight(k, cfg))
             idx_Bl = sample_tokens(logits_BlV, temperature, top_k, top_p, generator)
+            if keep is not None:
+                source_Bl, keep_Bl = keep[0][:, start:start + size], keep[1][:, start:start + size]
+                idx_Bl = torch.where(keep_Bl, source_Bl, idx_Bl)
             sampled.append(idx_Bl)
             all_logits.append(logits_BlV)
             if k + 1 < len(self.block_sizes):
