@@ -5,23 +5,14 @@ import torch
 from minivar.editing import edit, edit_region, keep_mask
 from minivar.rejection import generate_best_of, implicit_classifier_score
 from minivar.tokens import flatten_scales, split_scales
-from minivar.tokenizer import Tokenizer, TokenizerConfig
-from minivar.var import VAR, VARConfig
 from tests.test_ar import tiny_ar
+from tests.test_var import tiny_models as tiny_models_at
 
 SCALES = (1, 2, 4, 8)  # images in, so the last map is the tokenizer's 8×8 latent
 
 
-def tiny_models(seed=0):
-    """A tiny tokenizer and VAR, adaLN weights not left at zero (as in test_var.py)."""
-    torch.manual_seed(seed)
-    tok = Tokenizer(TokenizerConfig(scales=SCALES, widths=(8, 16, 16), vocab_size=32, latent_dim=8)).eval()
-    var = VAR(VARConfig(scales=SCALES, vocab_size=32, latent_dim=8, dim=32, depth=2, heads=2)).eval()
-    with torch.no_grad():
-        for name, p in var.named_parameters():
-            if "ada" in name:
-                p.normal_(0, 0.05)
-    return tok, var
+def tiny_models():
+    return tiny_models_at(scales=SCALES)
 
 
 def test_keep_mask_keeps_tokens_mostly_outside_the_region():

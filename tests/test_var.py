@@ -22,11 +22,11 @@ def test_blocks_of_one_give_the_causal_mask():
     assert torch.equal(block_causal_mask([1] * 10), torch.ones(10, 10, dtype=torch.bool).tril())
 
 
-def tiny_models(seed=0):
+def tiny_models(seed=0, scales=SCALES):
     """A tiny tokenizer and VAR whose every path is active (adaLN not left at zero)."""
     torch.manual_seed(seed)
-    tok = Tokenizer(TokenizerConfig(scales=SCALES, widths=(8, 16, 16), vocab_size=32, latent_dim=8)).eval()
-    var = VAR(VARConfig(scales=SCALES, vocab_size=32, latent_dim=8, dim=32, depth=2, heads=2)).eval()
+    tok = Tokenizer(TokenizerConfig(scales=scales, widths=(8, 16, 16), vocab_size=32, latent_dim=8)).eval()
+    var = VAR(VARConfig(scales=scales, vocab_size=32, latent_dim=8, dim=32, depth=2, heads=2)).eval()
     with torch.no_grad():
         for name, p in var.named_parameters():
             if "ada" in name:
