@@ -24,9 +24,9 @@ import torch
 from minivar.checkpoint import CheckpointError
 from minivar.data import CLASSES, DataError, load_cifar10, to_float
 from minivar.device import autocast, pick_device
-from minivar.editing import MODES, edit, edit_region
+from minivar.editing import MODES, edit, edit_region, edited_region
 from minivar.plots import save_sample_grid
-from minivar.rejection import generate_best_of
+from minivar.rejection import sample
 from minivar.stages import load_generator
 
 
@@ -91,8 +91,7 @@ def edit_grid(model, tokenizer, args, device):
         edited, _, _ = edit(model, tokenizer, image.expand(len(labels), -1, -1, -1), labels, box, args.edit,
                             cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             generator=torch.Generator(device).manual_seed(args.seed))
-    region = edit_region(box).to(device)
-    shown = image[0].masked_fill((~region if args.edit == "outpaint" else region)[None], 0.0)  # grey
+    shown = image[0].masked_fill(edited_region(box, args.edit).to(device)[None], 0.0)  # the region, grey
     rows = [torch.cat([image, shown[None], edited[i * args.n_per_class:(i + 1) * args.n_per_class].float()])
             for i in range(len(class_ids))]
     return torch.cat(rows), class_ids, args.n_per_class + 2
@@ -136,10 +135,7 @@ def main(argv=None):
             sampling = dict(cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                             generator=torch.Generator(device).manual_seed(args.seed))
             with autocast(device):
-                if args.reject > 1:
-                    idx_list, _ = generate_best_of(model, tokenizer.quantizer, labels, args.reject, **sampling)
-                else:
-                    idx_list = model.generate(tokenizer.quantizer, labels, **sampling)
+                idx_list = sample(model, tokenizer.quantizer, labels, args.reject, **sampling)
                 images = tokenizer.decode(idx_list).float()
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         save_sample_grid(images, [CLASSES[c] for c in class_ids], per_row, args.out)

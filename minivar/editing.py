@@ -33,6 +33,12 @@ def edit_region(box, image_side=32):
     return region
 
 
+def edited_region(box, mode, image_side=32):
+    """The pixels a mode redraws: the box (inpaint, classedit) or all but the box (outpaint)."""
+    region = edit_region(box, image_side)
+    return ~region if mode == "outpaint" else region
+
+
 def keep_mask(scales, region_HW):
     """Per scale, which tokens keep the source's value: those with less than half of their
     cell in the edited region. Returns a bool row of L = Σ s² entries (all scales flattened)."""
@@ -52,9 +58,7 @@ def edit(model, tokenizer, image_B3HW, labels_B, box, mode, **sampling):
         raise ValueError(f"edit mode {mode!r}: choose one of {', '.join(MODES)}")
     if len(model.cfg.scales) == 1:  # the AR baseline (ar.py) has one 8×8 map, predicted in reading order
         raise ValueError("zero-shot editing needs a multi-scale VAR model; raster AR can only continue a prefix")
-    region = edit_region(box, image_B3HW.shape[-1]).to(image_B3HW.device)
-    if mode == "outpaint":
-        region = ~region
+    region = edited_region(box, mode, image_B3HW.shape[-1]).to(image_B3HW.device)
     source_BL = flatten_scales(tokenizer.encode(image_B3HW))
     keep_L = keep_mask(model.cfg.scales, region)
     keep_BL = keep_L[None].expand_as(source_BL)

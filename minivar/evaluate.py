@@ -29,8 +29,8 @@ from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10, to_uint8
 from minivar.device import autocast, pick_device
 from minivar.metrics import InceptionFeatures, MetricsError, features, frechet_distance, reference_statistics, statistics
-from minivar.rejection import generate_best_of
-from minivar.stages import frozen_tokenizer, load_generator
+from minivar.rejection import sample
+from minivar.stages import frozen_tokenizer, generator_from_checkpoint
 
 
 def feature_network(device):
@@ -43,16 +43,11 @@ def generated_images(model, tokenizer, n, cfg, args, device):
     """n uint8 images, classes 0..9 in turn, in batches, from one seeded generator."""
     labels = torch.arange(n, device=device) % model.cfg.num_classes
     generator = torch.Generator(device).manual_seed(args.seed)
+    sampling = dict(cfg=cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
     out = []
     for i in tqdm(range(0, n, args.batch_size), desc="sampling", leave=False, dynamic_ncols=True):
-        with autocast(device):
-            sampling = dict(cfg=cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            generator=generator)
-            if args.reject > 1:  # best of N by the implicit classifier (rejection.py)
-                idx_list, _ = generate_best_of(model, tokenizer.quantizer, labels[i:i + args.batch_size], args.reject,
-                                               **sampling)
-            else:
-                idx_list = model.generate(tokenizer.quantizer, labels[i:i + args.batch_size], **sampling)
+        with autocast(device):  # --reject N: best of N by the implicit classifier (rejection.py)
+            idx_list = sample(model, tokenizer.quantizer, labels[i:i + args.batch_size], args.reject, **sampling)
             out.append(to_uint8(tokenizer.decode(idx_list).float()).cpu())
     return torch.cat(out)
 
@@ -114,7 +109,7 @@ def evaluate(args):
     elif kind == "images":
         rows.append(row(images, started, what=f"the images in {args.images}"))
     else:
-        model, tokenizer = load_generator(args.ckpt, device)
+        model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device)
         for cfg in args.cfg:
             started = time.perf_counter()
             rows.append(row(generated_images(model, tokenizer, n, cfg, args, device), started,

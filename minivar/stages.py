@@ -100,7 +100,11 @@ def frozen_tokenizer(config: dict, state: dict):
 
 def load_generator(ckpt_path, device):
     """(model, tokenizer) rebuilt from a var or ar checkpoint alone (it carries its tokenizer)."""
-    ckpt = load_checkpoint(ckpt_path)
+    return generator_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, device)
+
+
+def generator_from_checkpoint(ckpt, ckpt_path, device):
+    """load_generator for a checkpoint already read (ckpt_path only names it in errors)."""
     models = {"var": VAR, "ar": AR}
     if ckpt["kind"] not in models:
         raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed "
