@@ -20,7 +20,6 @@ resumed, and the flags you type. Ctrl-C saves a checkpoint; --resume continues e
 """
 import argparse
 import json
-import math
 import os
 import resource
 import sys
@@ -35,6 +34,7 @@ from minivar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.data import DataError, load_cifar10
 from minivar import distributed
 from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
+from minivar.optim import adamw, lr_at
 from minivar.stages import ARStage, TokenizerStage, VARStage
 from minivar.tokenizer import TokenizerConfig
 from minivar.var import VARConfig
@@ -87,14 +87,6 @@ for _preset in PRESETS.values():  # the AR baseline gets VAR's budget: same widt
     _preset["ar"] = _preset["var"]
 MODEL_CONFIGS = {"tokenizer": TokenizerConfig, "var": VARConfig, "ar": VARConfig}
 STAGE_CLASSES = {"tokenizer": TokenizerStage, "var": VARStage, "ar": ARStage}
-
-
-def lr_at(step, cfg):
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
 def peak_memory_gib(device):
@@ -161,7 +153,7 @@ def train_stage(kind, cli: dict, device_name=None):
         stage.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False)  # buffers (code-use counts) are summed explicitly, see stages.py
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    optimizer = adamw(model, cfg.lr, cfg.weight_decay)
     step, seconds = 0, 0.0
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
@@ -185,7 +177,7 @@ def train_stage(kind, cli: dict, device_name=None):
         while step < (min(cfg.stop_at, cfg.max_steps) if cfg.stop_at > 0 else cfg.max_steps):
             t0 = time.perf_counter()
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg)
+                group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps)
             loss, metrics = stage.loss(step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,7 +190,7 @@ def train_stage(kind, cli: dict, device_name=None):
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in metrics.items() if isinstance(v, float)}, refresh=False)
             if step % cfg.log_every == 0:
-                log.write(json.dumps({"step": step, "seconds": round(seconds, 2), "lr": lr_at(step - 1, cfg),
+                log.write(json.dumps({"step": step, "seconds": round(seconds, 2), "lr": optimizer.param_groups[0]["lr"],
                                       **metrics}) + "\n")
                 log.flush()
             if main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
