@@ -14,7 +14,6 @@ the KV cache.
 """
 import argparse
 import json
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -24,7 +23,7 @@ import torch
 
 from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10
-from minivar.device import pick_device
+from minivar.device import describe_machine, pick_device
 from minivar.stages import frozen_tokenizer, load_generator, test_cross_entropy
 from minivar.tokenizer import psnr
 from minivar.tokens import flatten_scales, tokenize
@@ -181,8 +180,7 @@ def main(argv=None):
         result = (bench_tokenizer if args.what == "tokenizer" else bench_var)(args, device)
     except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
-    result["machine"] = {"device": str(device), "cpu": platform.processor() or platform.machine(),
-                         "threads": torch.get_num_threads(), "torch": torch.__version__}
+    result["machine"] = describe_machine(device)
     result["command"] = "python -m minivar.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for key, value in result.items():
         if key not in ("config", "machine", "command"):

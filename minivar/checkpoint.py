@@ -6,6 +6,7 @@ config travels inside as a dict, so a checkpoint alone rebuilds its model).
   target: an interrupted save never leaves a half-written checkpoint behind.
 - Loading uses weights_only=True: a checkpoint is data, never code to execute.
 """
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -28,6 +29,15 @@ def save_checkpoint(obj: dict, path) -> None:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def save_json(obj, path) -> None:
+    """Results files get the same care as checkpoints: temporary file, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
 
 
 def load_checkpoint(path, kind: str | None = None) -> dict:

@@ -25,7 +25,6 @@ Counts are per image; with CFG (used in the measurements) every count doubles fo
 import argparse
 import json
 import math
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from minivar.ar import AR
-from minivar.device import pick_device
+from minivar.device import describe_machine, pick_device
 from minivar.quantizer import MultiScaleQuantizer
 from minivar.var import VAR, VARConfig
 
@@ -265,9 +264,7 @@ def main(argv=None):
     result = {"grids": grids, "batch_sizes": batch_sizes, "dim": args.dim, "depth": args.depth, "heads": args.heads,
               "ratio": args.ratio, "var_scales": {str(n): var_scales(n, args.ratio) for n in grids}, "measured": rows,
               **summarize(rows, grids, batch_sizes, args.dim, args.depth, args.ratio)}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    result["machine"] = {"device": str(device), "name": name, "threads": torch.get_num_threads(),
-                         "torch": torch.__version__}
+    result["machine"] = describe_machine(device)
     result["wall_s"] = time.perf_counter() - t0
     result["command"] = "python -m minivar.complexity " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table(result)

@@ -5,6 +5,7 @@ bf16 on CUDA GPUs that support it. On MPS and CPU we stay in fp32 (bf16 on CPU i
 slower for these small convs/matmuls, and MPS autocast is still patchy).
 """
 import contextlib
+import platform
 import random
 
 import numpy as np
@@ -56,3 +57,15 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["cpu"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def describe_machine(device: torch.device) -> dict:
+    """What ran a measurement: the GPU's name, or the CPU's model name and thread count."""
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the CPU model here; platform.processor() often says only "x86_64"
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"device": str(device), "gpu": gpu, "cpu": cpu, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}

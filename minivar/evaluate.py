@@ -16,7 +16,6 @@ Needs the optional FID extra (see minivar/metrics.py).
 """
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from tqdm import tqdm
 
 from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10, to_uint8
-from minivar.device import autocast, pick_device
+from minivar.device import autocast, describe_machine, pick_device
 from minivar.metrics import InceptionFeatures, MetricsError, features, frechet_distance, reference_statistics, statistics
 from minivar.rejection import sample
 from minivar.stages import frozen_tokenizer, generator_from_checkpoint
@@ -150,8 +149,7 @@ def main(argv=None):
         result = evaluate(args)
     except (CheckpointError, DataError, MetricsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    result["machine"] = {"device": str(pick_device(args.device)), "cpu": platform.processor() or platform.machine(),
-                         "threads": torch.get_num_threads(), "torch": torch.__version__}
+    result["machine"] = describe_machine(pick_device(args.device))
     result["command"] = "python -m minivar.evaluate " + " ".join(map(str, argv if argv is not None else sys.argv[1:]))
     print(f"{result['kind']}, n = {result['n']}, against the {result['reference']}, "
           f"{result['feature_network']} features ({result['machine']['device']})")
