@@ -191,24 +191,33 @@ def run_study(settings, data, device, out_path, fresh=False, command="", progres
         if not same:
             raise ValueError(f"{out_path} holds a study with other settings; pass --fresh to replace it, "
                              "or --out to write elsewhere")
-        result["rows"] = [r for r in saved["rows"] if r["depth"] in settings["depths"]]
+        result["rows"] = saved["rows"]  # every finished size stays, asked for this time or not
+        result["wall_seconds"] = saved.get("wall_seconds", 0.0)
+    done = {r["depth"] for r in result["rows"]}
+    result["settings"] = {**settings, "depths": sorted(done | set(settings["depths"]))}
     result["machine"], result["command"] = describe_machine(device), command
     started = time.perf_counter() - sum(r["wall_seconds"] for r in result["rows"])
+
+    def save():
+        if len(result["rows"]) >= 2:
+            result["fits"] = summarize(result["rows"])
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        save_json(result, out_path)
+
     for depth in settings["depths"]:
-        if any(r["depth"] == depth for r in result["rows"]):
+        if depth in done:
             progress(f"depth {depth}: already in {out_path}, kept")
             continue
         t0 = time.perf_counter()
         row = train_one_size(depth, settings, tokenizer, data, device)
         row["wall_seconds"] = round(time.perf_counter() - t0, 1)
         result["rows"] = sorted(result["rows"] + [row], key=lambda r: r["depth"])
-        if len(result["rows"]) >= 2:
-            result["fits"] = summarize(result["rows"])
-        result["wall_seconds"] = round(time.perf_counter() - started, 1)
-        save_json(result, out_path)  # a finished size is never lost
+        save()  # a finished size is never lost
         progress(f"depth {depth}: {row['params'] / 1e6:.3f} M params, {row['steps']} steps, "
                  f"{row['flops'] / 1e12:.2f} TFLOP, {row['wall_seconds'] / 60:.1f} min: test L_avg {row['loss']:.4f}, "
                  f"L_last {row['loss_last']:.4f}")
+    if "fits" not in result and len(result["rows"]) >= 2:  # nothing left to train: the fits of what is there
+        result["fits"] = summarize(result["rows"])
     return result
 
 

@@ -77,6 +77,12 @@ def test_a_tiny_study_end_to_end_continues_after_a_stop(tiny_tokenizer, tmp_path
     assert second["rows"][:2] == rows and second["rows"][2]["depth"] == 3
     assert save_plot(second, tmp_path / "study.png") and (tmp_path / "study.png").stat().st_size > 10_000
 
+    # asking for fewer sizes trains nothing and drops nothing
+    third = run_study(tiny_settings(root, [2]), data, cpu, out, progress=messages.append)
+    assert messages[-1] == f"depth 2: already in {out}, kept"
+    assert third["rows"] == second["rows"] and third["fits"] == second["fits"]
+    assert [r["depth"] for r in json.loads(out.read_text())["rows"]] == [1, 2, 3]
+
     with pytest.raises(ValueError, match="other settings; pass --fresh"):
         run_study({**tiny_settings(root, [1, 2]), "lr": 1e-2}, data, cpu, out)
 
