@@ -34,7 +34,7 @@ from minivar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.data import DataError, load_cifar10
 from minivar import distributed
 from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
-from minivar.optim import adamw, lr_at
+from minivar.optim import adamw, lr_at, train_step
 from minivar.stages import ARStage, TokenizerStage, VARStage
 from minivar.tokenizer import TokenizerConfig
 from minivar.var import VARConfig
@@ -176,13 +176,8 @@ def train_stage(kind, cli: dict, device_name=None):
     try:
         while step < (min(cfg.stop_at, cfg.max_steps) if cfg.stop_at > 0 else cfg.max_steps):
             t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps)
-            loss, metrics = stage.loss(step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
+            _, metrics = train_step(stage, optimizer, step, lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps),
+                                    cfg.grad_clip)
             metrics.update(stage.after_step(step, optimizer))
             step += 1
             seconds += time.perf_counter() - t0

@@ -63,7 +63,8 @@ def describe_machine(device: torch.device) -> dict:
     """What ran a measurement: the GPU's name, or the CPU's model name and thread count."""
     cpu = platform.processor() or platform.machine()
     try:  # Linux names the CPU model here; platform.processor() often says only "x86_64"
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None

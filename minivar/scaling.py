@@ -44,8 +44,8 @@ from minivar.checkpoint import CheckpointError, load_checkpoint, save_json
 from minivar.complexity import fit_slope
 from minivar.data import DataError, load_cifar10
 from minivar.device import describe_machine, pick_device, seed_everything
-from minivar.optim import adamw, lr_at
-from minivar.stages import VARStage, test_cross_entropy
+from minivar.optim import adamw, lr_at, train_step
+from minivar.stages import VARStage
 from minivar.var import VARConfig
 
 PAPER_ALPHA = {"avg": 0.20, "last": 0.23}  # exponents of L against N in the paper's Fig. 5
@@ -95,34 +95,19 @@ def train_one_size(depth, settings, tokenizer, data, device):
     bar = tqdm(range(steps), desc=f"depth {depth}", leave=False, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, settings["lr"], warmup, steps)
-        loss, _ = stage.loss(step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        loss, _ = train_step(stage, optimizer, step, lr_at(step, settings["lr"], warmup, steps), grad_clip=1.0)
         seconds += time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step + 1 in curve_steps:  # a point of the loss-vs-compute curve, on a test subset
-            ce = test_loss(stage, settings["curve_images"])
+            ce = stage.evaluate(settings["curve_images"])
             curve.append({"step": step + 1, "flops": (step + 1) * flops_per_step, "loss": ce["ce"],
                           "loss_last": ce["ce_per_scale"][-1]})
-    final = test_loss(stage, settings["eval_images"])
+    final = stage.evaluate()  # eval_images of the test split
     return {"depth": depth, "width": model.cfg.dim, "heads": model.cfg.heads, "params": model.num_params(),
             "steps": steps, "tokens": steps * settings["batch_size"] * L, "flops": steps * flops_per_step,
             "train_seconds": round(seconds, 1), "loss": final["ce"], "loss_last": final["ce_per_scale"][-1],
             "loss_per_scale": final["ce_per_scale"], "unigram": final["unigram"],
             "unigram_last": final["unigram_per_scale"][-1], "curve": curve}
-
-
-def test_loss(stage, images):
-    """Test cross-entropy (all scales, and per scale) on the first `images` test images."""
-    stage.model.eval()
-    ce = test_cross_entropy(stage.model, stage.tokenizer, stage.test_tokens[:images], stage.test_labels[:images],
-                            stage.device)
-    stage.model.train()
-    return ce
 
 
 def summarize(rows):
@@ -139,6 +124,11 @@ def summarize(rows):
     return fits
 
 
+def log_spaced(lo, hi, n=51):
+    """n points from lo to hi, evenly spaced on a log axis (where a fitted law is drawn)."""
+    return [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+
+
 def save_plot(result, path=None):
     """Left: test loss against parameters, with the fits. Right: each size's test loss
     against training compute, the Pareto frontier and its fit. Returns the figure."""
@@ -148,7 +138,7 @@ def save_plot(result, path=None):
     for key, name, marker in (("loss", "avg", "o"), ("loss_last", "last", "s")):
         fit = fits[f"{key}_vs_params"]
         points = left.plot(params, [r[key] for r in rows], marker, label=f"L_{name} (test)")[0]
-        xs = [min(params) * (max(params) / min(params)) ** (i / 50) for i in range(51)]
+        xs = log_spaced(min(params), max(params))
         left.plot(xs, [(fit["a"] * x) ** -fit["alpha"] for x in xs], "--", color=points.get_color(),
                   label=f"fit (a·N)^−α: α = {fit['alpha']:.3f}, R² {fit['r2']:.3f}  (paper: α ≈ {PAPER_ALPHA[name]})")
     left.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="test cross-entropy (nats/token)",
@@ -161,7 +151,7 @@ def save_plot(result, path=None):
     if "loss_vs_compute" in fits:
         fit = fits["loss_vs_compute"]
         cs = [c for c, _ in fit["frontier"]]
-        xs = [min(cs) * (max(cs) / min(cs)) ** (i / 50) for i in range(51)]
+        xs = log_spaced(min(cs), max(cs))
         right.plot(xs, [(fit["b"] * c) ** -fit["beta"] for c in xs], "k--",
                    label=f"frontier fit (b·C)^−β: β = {fit['beta']:.3f}, R² {fit['r2']:.3f}")
     right.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="test L_avg (subset)",

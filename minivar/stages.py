@@ -182,10 +182,12 @@ class VARStage:
     def after_step(self, step, optimizer):
         return {}
 
-    def evaluate(self):
-        """Test cross-entropy per scale (nats per token), next to each scale's unigram entropy."""
+    def evaluate(self, images=None):
+        """Test cross-entropy per scale (nats per token), next to each scale's unigram entropy;
+        on the first `images` test images if given (the scaling study's loss curves)."""
         self.model.eval()
-        result = test_cross_entropy(self.model, self.tokenizer, self.test_tokens, self.test_labels, self.device)
+        result = test_cross_entropy(self.model, self.tokenizer, self.test_tokens[:images], self.test_labels[:images],
+                                    self.device)
         self.model.train()
         return result
 
