@@ -4,7 +4,7 @@
     python sample.py --ckpt out/var.pt --classes 0,1,2 --cfg 3 --top-k 200 --seed 1
     python sample.py --ckpt out/var.pt --reject 4            # best of 4 by the implicit classifier
 
-Zero-shot editing of a real image (VAR only; minivar/editing.py):
+Zero-shot editing of a real image (VAR only; minivar/applications/editing.py):
 
     python sample.py --ckpt out/var.pt --edit inpaint --image 7 --box 8,8,24,24    # CIFAR test image 7
     python sample.py --ckpt out/var.pt --edit outpaint --image photo.png --classes cat
@@ -21,13 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minivar.checkpoint import CheckpointError
+from minivar.applications.editing import MODES, edit, edit_region, edited_region
+from minivar.applications.rejection import sample
 from minivar.data import CLASSES, DataError, load_cifar10, to_float
-from minivar.device import autocast, pick_device
-from minivar.editing import MODES, edit, edit_region, edited_region
-from minivar.plots import save_sample_grid
-from minivar.rejection import sample
-from minivar.stages import load_generator
+from minivar.training.checkpoint import CheckpointError
+from minivar.training.device import autocast, pick_device
+from minivar.training.plots import save_sample_grid
+from minivar.training.stages import load_generator
 
 
 def parse_classes(text, num_classes):

@@ -30,13 +30,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minivar.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.data import DataError, load_cifar10
-from minivar import distributed
-from minivar.device import pick_device, rng_state, seed_everything, set_rng_state
-from minivar.optim import adamw, lr_at, train_step
-from minivar.stages import ARStage, TokenizerStage, VARStage
 from minivar.tokenizer import TokenizerConfig
+from minivar.training import distributed
+from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivar.training.device import pick_device, rng_state, seed_everything, set_rng_state
+from minivar.training.optim import adamw, lr_at, train_step
+from minivar.training.stages import ARStage, TokenizerStage, VARStage
 from minivar.var import VARConfig
 
 STAGES = ("tokenizer", "var")  # what `--stage all` runs, in order

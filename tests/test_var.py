@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from minivar.mask import block_causal_mask, scale_block_sizes
+from minivar.quantizer import flatten_scales, split_scales
 from minivar.sampling import guided_logits, sample_tokens
 from minivar.tokenizer import Tokenizer, TokenizerConfig
-from minivar.tokens import flatten_scales, split_scales
 from minivar.var import VAR, VARConfig
 
 SCALES = (1, 2, 3, 4)

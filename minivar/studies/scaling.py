@@ -1,7 +1,7 @@
 """Scaling laws: how VAR's test loss falls with model size and with training compute.
 
-    python -m minivar.scaling --tokenizer out/tokenizer.pt --data-dir ./data   # ≈ 1 h on 2 CPU cores
-    python -m minivar.scaling --depths 1,2,3 --tokens 1e6                      # a few minutes
+    python -m minivar.studies.scaling --tokenizer out/tokenizer.pt --data-dir ./data   # ≈ 1 h on 2 CPU cores
+    python -m minivar.studies.scaling --depths 1,2,3 --tokens 1e6                      # a few minutes
 
 The paper (§5.1, Fig. 5) trains VAR transformers of depth d (width 64·d, d heads) and
 finds that test loss falls as a power of the parameter count N,
@@ -39,13 +39,13 @@ import matplotlib.pyplot as plt
 import torch
 from tqdm import tqdm
 
-from minivar.bench import transformer_train_flops
-from minivar.checkpoint import CheckpointError, load_checkpoint, save_json
-from minivar.complexity import fit_slope
 from minivar.data import DataError, load_cifar10
-from minivar.device import describe_machine, pick_device, seed_everything
-from minivar.optim import adamw, lr_at, train_step
-from minivar.stages import VARStage
+from minivar.studies.bench import transformer_train_flops
+from minivar.studies.complexity import fit_slope
+from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_json
+from minivar.training.device import describe_machine, pick_device, seed_everything
+from minivar.training.optim import adamw, lr_at, train_step
+from minivar.training.stages import VARStage
 from minivar.var import VARConfig
 
 PAPER_ALPHA = {"avg": 0.20, "last": 0.23}  # exponents of L against N in the paper's Fig. 5
@@ -266,7 +266,7 @@ def main(argv=None):
         device = pick_device(args.device)
         torch.set_float32_matmul_precision("high")
         data = load_cifar10(args.data_dir, "train"), load_cifar10(args.data_dir, "test", download=False)
-        command = "python -m minivar.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m minivar.studies.scaling " + " ".join(argv if argv is not None else sys.argv[1:])
         result = run_study(settings, data, device, args.out, fresh=args.fresh, command=command)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")

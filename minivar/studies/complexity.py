@@ -1,7 +1,7 @@
 """What generating one n×n token map costs: raster AR versus VAR, counted and measured.
 
-    python -m minivar.complexity                       # defaults: a few minutes on a laptop CPU
-    python -m minivar.complexity --grids 4,8,16,32 --batch-sizes 1,256 --device cuda
+    python -m minivar.studies.complexity                       # defaults: a few minutes on a laptop CPU
+    python -m minivar.studies.complexity --grids 4,8,16,32 --batch-sizes 1,256 --device cuda
 
 Four samplers (DESIGN §5). A sampler runs a sequence cut into blocks b_1..b_K (AR: n²
 blocks of one token; VAR: one block of s_k² tokens per scale), one block per
@@ -33,8 +33,8 @@ import torch
 from tqdm import tqdm
 
 from minivar.ar import AR
-from minivar.device import describe_machine, pick_device
 from minivar.quantizer import MultiScaleQuantizer
+from minivar.training.device import describe_machine, pick_device
 from minivar.var import VAR, VARConfig
 
 SAMPLERS = ("ar_nocache", "ar_cache", "var_nocache", "var_cache")
@@ -266,7 +266,7 @@ def main(argv=None):
               **summarize(rows, grids, batch_sizes, args.dim, args.depth, args.ratio)}
     result["machine"] = describe_machine(device)
     result["wall_s"] = time.perf_counter() - t0
-    result["command"] = "python -m minivar.complexity " + " ".join(argv if argv is not None else sys.argv[1:])
+    result["command"] = "python -m minivar.studies.complexity " + " ".join(argv if argv is not None else sys.argv[1:])
     print_table(result)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)

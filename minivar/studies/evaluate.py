@@ -1,18 +1,18 @@
 """FID of a checkpoint against the CIFAR-10 test split: print it, write JSON.
 
-    python -m minivar.evaluate --ckpt out/var.pt --n 10000 --cfg 1.5     # a generator (var or ar)
-    python -m minivar.evaluate --ckpt out/var.pt --n 5000 --cfg 1,1.5,2,3  # FID against cfg
-    python -m minivar.evaluate --ckpt out/var.pt --n 5000 --reject 4     # best of 4 by the implicit classifier
-    python -m minivar.evaluate --ckpt out/tokenizer.pt --n 10000         # rFID: the tokenizer's floor
-    python -m minivar.evaluate --train --n 10000                         # the metric's own floor
-    python -m minivar.evaluate --images samples.npz                      # any uint8 N×3×32×32 array
+    python -m minivar.studies.evaluate --ckpt out/var.pt --n 10000 --cfg 1.5     # a generator (var or ar)
+    python -m minivar.studies.evaluate --ckpt out/var.pt --n 5000 --cfg 1,1.5,2,3  # FID against cfg
+    python -m minivar.studies.evaluate --ckpt out/var.pt --n 5000 --reject 4     # best of 4 by the implicit classifier
+    python -m minivar.studies.evaluate --ckpt out/tokenizer.pt --n 10000         # rFID: the tokenizer's floor
+    python -m minivar.studies.evaluate --train --n 10000                         # the metric's own floor
+    python -m minivar.studies.evaluate --images samples.npz                      # any uint8 N×3×32×32 array
 
 A generator draws n images, classes balanced (n/10 of each); a tokenizer reconstructs
 the first n test images: no generator using it can get closer to the data than that.
 --train scores the first n training images: real images, so what is left is the
 metric's own noise at this n, the floor under every model. The reference is always the
 whole test split, its statistics cached next to the checkpoint (or in --cache-dir).
-Needs the optional FID extra (see minivar/metrics.py).
+Needs the optional FID extra (see minivar/studies/metrics.py).
 """
 import argparse
 import json
@@ -24,12 +24,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from minivar.checkpoint import CheckpointError, load_checkpoint
+from minivar.applications.rejection import sample
 from minivar.data import DataError, iterate_in_order, load_cifar10, to_uint8
-from minivar.device import autocast, describe_machine, pick_device
-from minivar.metrics import InceptionFeatures, MetricsError, features, frechet_distance, reference_statistics, statistics
-from minivar.rejection import sample
-from minivar.stages import frozen_tokenizer, generator_from_checkpoint
+from minivar.studies.metrics import (
+    InceptionFeatures,
+    MetricsError,
+    features,
+    frechet_distance,
+    reference_statistics,
+    statistics,
+)
+from minivar.training.checkpoint import CheckpointError, load_checkpoint
+from minivar.training.device import autocast, describe_machine, pick_device
+from minivar.training.stages import frozen_tokenizer, generator_from_checkpoint
 
 
 def feature_network(device):
@@ -150,7 +157,7 @@ def main(argv=None):
     except (CheckpointError, DataError, MetricsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     result["machine"] = describe_machine(pick_device(args.device))
-    result["command"] = "python -m minivar.evaluate " + " ".join(map(str, argv if argv is not None else sys.argv[1:]))
+    result["command"] = "python -m minivar.studies.evaluate " + " ".join(map(str, argv if argv is not None else sys.argv[1:]))
     print(f"{result['kind']}, n = {result['n']}, against the {result['reference']}, "
           f"{result['feature_network']} features ({result['machine']['device']})")
     for r in result["rows"]:
