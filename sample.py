@@ -1,20 +1,20 @@
 """Draw class-conditional CIFAR-10 samples from a trained VAR (or AR baseline) checkpoint.
 
-    python sample.py --ckpt out/var.pt --classes cat,dog,ship --n-per-class 8 --out grid.png
-    python sample.py --ckpt out/var.pt --classes 0,1,2 --cfg 3 --top-k 200 --seed 1
-    python sample.py --ckpt out/var.pt --reject 4            # best of 4 by the implicit classifier
+    python sample.py                                          # your run in out/, else the shipped model
+    python sample.py --classes cat,dog,ship --n-per-class 8 --out grid.png
+    python sample.py --ckpt out/var.pt --classes 0,1,2 --cfg-scale 3 --top-k 200 --seed 1
+    python sample.py --reject 4                               # best of 4 by the implicit classifier
 
 Zero-shot editing of a real image (VAR only; minivar/applications/editing.py):
 
-    python sample.py --ckpt out/var.pt --edit inpaint --image 7 --box 8,8,24,24    # CIFAR test image 7
-    python sample.py --ckpt out/var.pt --edit outpaint --image photo.png --classes cat
-    python sample.py --ckpt out/var.pt --edit classedit --image 7 --classes dog,horse
+    python sample.py --edit inpaint --image 7 --box 8,8,24,24      # CIFAR-10 test image 7
+    python sample.py --edit outpaint --image photo.png --classes cat
+    python sample.py --edit classedit --image 7 --classes dog,horse
 
 Writes a PNG grid with one labelled row per class (editing: the source, the region, then
-the edits). The checkpoint carries both the model and its tokenizer, so nothing else is
-needed.
+the edits). A checkpoint carries the model, its tokenizer and, for the shipped one, the
+sampling settings its FID sweep found best, which are then the defaults.
 """
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,12 +22,21 @@ import numpy as np
 import torch
 
 from minivar.applications.editing import MODES, edit, edit_region, edited_region
-from minivar.applications.rejection import sample
+from minivar.applications.rejection import generate_best_of
 from minivar.data import CLASSES, DataError, load_cifar10, to_float
-from minivar.training.checkpoint import CheckpointError
+from minivar.training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint
+from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
 from minivar.training.device import autocast, pick_device
 from minivar.training.plots import save_sample_grid
-from minivar.training.stages import load_generator
+
+SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "var_cpu.pt"  # trained on CIFAR-10, see README
+SAMPLING_DEFAULTS = {"cfg_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 1.0}  # for a checkpoint with none
+
+
+def default_checkpoint(out_dir="out"):
+    """Your own run if there is one (train.py writes out/var.pt), else the shipped model."""
+    own = Path(out_dir) / "var.pt"
+    return own if own.is_file() or not SHIPPED.is_file() else SHIPPED
 
 
 def parse_classes(text, num_classes):
@@ -75,7 +84,7 @@ def parse_box(text):
     return box
 
 
-def edit_grid(model, tokenizer, args, device):
+def edit_grid(model, tokenizer, args, sampling, device):
     """Rows of [source, the region greyed out, edits]: one row per class."""
     image, label = load_source_image(args.image, args.data_dir)
     box = parse_box(args.box)
@@ -88,61 +97,77 @@ def edit_grid(model, tokenizer, args, device):
     image = image.to(device)
     labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
     with autocast(device):
-        edited, _, _ = edit(model, tokenizer, image.expand(len(labels), -1, -1, -1), labels, box, args.edit,
-                            cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            generator=torch.Generator(device).manual_seed(args.seed))
+        edited, _, _ = edit(model, tokenizer, image.expand(len(labels), -1, -1, -1), labels, box, args.edit, **sampling)
     shown = image[0].masked_fill(edited_region(box, args.edit).to(device)[None], 0.0)  # the region, grey
     rows = [torch.cat([image, shown[None], edited[i * args.n_per_class:(i + 1) * args.n_per_class].float()])
             for i in range(len(class_ids))]
     return torch.cat(rows), class_ids, args.n_per_class + 2
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", default="out/var.pt", help="a var (or ar) checkpoint written by train.py")
-    p.add_argument("--classes", default="all", help="comma-separated names or ids, or 'all'")
-    p.add_argument("--n-per-class", type=int, default=8)
-    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance at the last scale (0: none)")
-    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: all)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reject", type=int, default=1, help="draw N candidates per image, keep the one the model's "
-                                                          "implicit classifier rates best (1: plain sampling)")
+def parse_args(argv=None):
+    p = OneLineParser(prog="python sample.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", help="a var (or ar) checkpoint written by train.py (default: out/var.pt if it exists, "
+                                  "else checkpoints/var_cpu.pt, the model shipped with minivar)")
+    p.add_argument("--classes", default="all", help="comma-separated names or ids, or 'all' (default: all)")
+    p.add_argument("--n-per-class", type=positive_int, default=8, help="images per class, one row each (default: 8)")
+    checkpoint_decides = "default: the checkpoint's recommended value if it has one, else {}"
+    p.add_argument("--cfg-scale", type=non_negative,
+                   help="classifier-free guidance weight at the last scale, 0 for none; negative weights would push "
+                        "samples away from their class (" + checkpoint_decides.format(1.5) + ")")
+    p.add_argument("--top-k", type=non_negative_int, help="keep the k most likely tokens, 0 for all ("
+                                                          + checkpoint_decides.format(0) + ")")
+    p.add_argument("--top-p", type=probability, help="nucleus sampling: keep the most likely tokens up to this "
+                                                     "probability mass, 1 for all (" + checkpoint_decides.format(1) + ")")
+    p.add_argument("--temperature", type=positive, help="divides the logits (" + checkpoint_decides.format(1) + ")")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws: the same seed gives the same "
+                                                       "grid (default: 0)")
+    p.add_argument("--reject", type=positive_int, default=1, help="draw N candidates per image, keep the one the "
+                   "model's implicit classifier rates best (default: 1, plain sampling)")
     p.add_argument("--edit", choices=MODES, help="zero-shot editing of --image (VAR only)")
     p.add_argument("--image", help="--edit: a CIFAR-10 test index or an image file")
-    p.add_argument("--box", default="8,8,24,24", help="--edit: the region x0,y0,x1,y1 in pixels (x1, y1 exclusive)")
-    p.add_argument("--data-dir", default="./data", help="--edit: where CIFAR-10 is, for a test index")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="samples.png")
-    args = p.parse_args(argv)
+    p.add_argument("--box", default="8,8,24,24", help="--edit: the region x0,y0,x1,y1 in pixels, x1 and y1 "
+                                                       "exclusive (default: 8,8,24,24)")
+    p.add_argument("--data-dir", default="./data", help="--edit with a test index: the folder holding "
+                                                        "cifar-10-batches-py/ (default: ./data)")
+    p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--out", default="samples.png", help="the PNG to write (default: samples.png)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     try:
-        if args.reject < 1:
-            raise ValueError(f"--reject {args.reject}: need 1 (plain sampling) or more candidates per image")
         if args.edit and args.image is None:
             raise ValueError(f"--edit {args.edit} needs --image: a CIFAR-10 test index or an image file")
-        if args.n_per_class < 1 or args.top_k < 0 or not 0 < args.top_p <= 1 or args.temperature <= 0:
-            raise ValueError("need --n-per-class >= 1, --top-k >= 0, 0 < --top-p <= 1 and --temperature > 0")
         if Path(args.out).suffix.lower() != ".png":
             raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png path")
         device = pick_device(args.device)
-        model, tokenizer = load_generator(args.ckpt, device)
+        args.ckpt = args.ckpt or default_checkpoint()
+        ckpt = load_checkpoint(args.ckpt)
+        model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device)
+        recommended = {**SAMPLING_DEFAULTS, **ckpt.get("sampling", {})}
+        settings = {k: recommended[k] if getattr(args, k) is None else getattr(args, k) for k in SAMPLING_DEFAULTS}
+        sampling = dict(settings, generator=torch.Generator(device).manual_seed(args.seed))
         if args.edit:
-            images, class_ids, per_row = edit_grid(model, tokenizer, args, device)
+            images, class_ids, per_row = edit_grid(model, tokenizer, args, sampling, device)
         else:
             class_ids, per_row = parse_classes(args.classes, model.cfg.num_classes), args.n_per_class
             labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
-            sampling = dict(cfg=args.cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                            generator=torch.Generator(device).manual_seed(args.seed))
             with autocast(device):
-                idx_list = sample(model, tokenizer.quantizer, labels, args.reject, **sampling)
+                if args.reject > 1:
+                    idx_list, _ = generate_best_of(model, tokenizer.quantizer, labels, args.reject, **sampling)
+                else:
+                    idx_list = model.generate(tokenizer.quantizer, labels, **sampling)
                 images = tokenizer.decode(idx_list).float()
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         save_sample_grid(images, [CLASSES[c] for c in class_ids], per_row, args.out)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
     what = f"{args.edit} edits of image {args.image}" if args.edit else "samples"
-    print(f"wrote {args.out}: {len(class_ids)} classes × {args.n_per_class} {what}, cfg {args.cfg}, seed {args.seed}")
+    shown = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in settings.items())
+    print(f"wrote {args.out}: {len(class_ids)} classes × {args.n_per_class} {what} from {args.ckpt} ({shown}, "
+          f"seed {args.seed})")
 
 
 if __name__ == "__main__":

@@ -138,17 +138,6 @@ class MultiScaleQuantizer(nn.Module):
             out.append(f_hat)
         return out
 
-    def teacher_forcing_inputs(self, idx_list):
-        """The transformer's inputs for scales 2..K, flattened and concatenated: B × (L − 1) × C.
-        (Scale 1 has no input block: its position holds the class token, see var.py.)"""
-        B, C = idx_list[0].shape[0], self.codebook.weight.shape[1]
-        f_hat = self.codebook.weight.new_zeros(B, C, self.latent_side, self.latent_side)
-        inputs = []
-        for k, idx_Bss in enumerate(idx_list[:-1]):
-            f_hat, next_in_BCss = self.add_scale(f_hat, idx_Bss, k)
-            inputs.append(next_in_BCss.flatten(2).transpose(1, 2))  # B × s² × C, row-major
-        return torch.cat(inputs, dim=1) if inputs else f_hat.new_zeros(B, 0, C)
-
     # --- codebook health ---
 
     def usage_per_scale(self):

@@ -7,10 +7,12 @@ of minivar uses:
     idx_list = tok.encode(x)                      # K index maps, B×s_k×s_k
     x_rec    = tok.decode(idx_list)               # image from index maps
     recs     = tok.cumulative_reconstructions(x)  # image after scale 1, 1..2, ..., 1..K
-    x_BLC    = tok.teacher_forcing_inputs(idx_list)  # the transformer's inputs (var.py)
 
-Left out (the paper has them): perceptual and GAN losses. An L2 loss alone gives
-blurrier reconstructions but trains in minutes on a CPU.
+and the transformer's inputs come from `tok.quantizer.add_scale` (var.py).
+
+Trained with an L2 reconstruction loss plus the VQ losses (quantizer.py); the adversarial
+and perceptual terms that make reconstructions sharp live in training/sharpness.py, and
+their weights in TokenizerConfig.
 """
 from dataclasses import dataclass
 
@@ -32,6 +34,11 @@ class TokenizerConfig:
     rho: float = 0.5  # phi's mixing weight (paper: 0.5)
     beta: float = 0.25  # commitment weight
     cosine_lookup: bool = True  # pick codes by direction (see quantizer.nearest_code); False: Euclidean
+    # Training only (training/sharpness.py): the terms that make reconstructions sharp. 0 switches one off;
+    # both at 0 is the plain L2 tokenizer.
+    adversarial_weight: float = 0.5  # patch-discriminator (hinge) loss, on top of VQGAN's adaptive weight
+    disc_start: int = 400  # the step the discriminator starts at, once reconstructions have settled
+    perceptual_weight: float = 0.1  # distance between a CIFAR-10 classifier's features of x and x̂
 
 
 class ResBlock(nn.Module):
@@ -100,9 +107,6 @@ class Tokenizer(nn.Module):
     def cumulative_reconstructions(self, x_B3HW):
         """The image as seen after scale 1, scales 1..2, ..., all scales: K images."""
         return [self.decoder(f_hat) for f_hat in self.quantizer.cumulative_latents(self.encode(x_B3HW))]
-
-    def teacher_forcing_inputs(self, idx_list):
-        return self.quantizer.teacher_forcing_inputs(idx_list)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

@@ -26,7 +26,7 @@ from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
 
 
 @dataclass
-class VARConfig:  # also the AR baseline's (ar.py), whose tokenizer has one scale
+class VARConfig:  # also the AR baseline's (ar.py)
     scales: tuple = (1, 2, 3, 4, 5, 6, 8)  # must equal the tokenizer's
     vocab_size: int = 512  # the tokenizer's codebook size
     latent_dim: int = 32  # the tokenizer's code dimension C
@@ -65,23 +65,32 @@ class VAR(nn.Module):
         """VAR predicts a whole s×s token map per step (AR: one token per step)."""
         return scale_block_sizes(scales)
 
-    def teacher_forcing_inputs(self, quantizer, tokens_BL):
-        """Training inputs from the true tokens: for each scale k+1, the cumulative
-        reconstruction after scale k, area-resized to s_{k+1} (B × (L−1) × C)."""
-        return quantizer.teacher_forcing_inputs(split_scales(tokens_BL, self.cfg.scales))
-
     def next_input(self, quantizer, f_hat_BChw, idx_Bl, k):
-        """Sampling: add the tokens just drawn for scale k to the reconstruction f̂; its
-        resize to the next side is the next input block, built by the same function
-        (quantizer.add_scale) as the training inputs. Returns (f̂, next input block)."""
+        """Add the tokens of scale k to the reconstruction f̂; its resize to the next side is
+        the next input block (quantizer.add_scale). Sampling calls this after drawing each
+        scale, and teacher forcing calls it with the true tokens: one function builds both,
+        which is what makes training and sampling agree. Returns (f̂, next input block B×l×C)."""
         side = self.cfg.scales[k]
         f_hat_BChw, next_in_BCss = quantizer.add_scale(f_hat_BChw, idx_Bl.view(-1, side, side), k)
         return f_hat_BChw, next_in_BCss.flatten(2).transpose(1, 2)
 
-    def guidance_weight(self, k, cfg):
-        """CFG weight at step k: a linear ramp from 0 at the 1×1 map to `cfg` at the last
-        scale (paper's practice: coarse scales fix the layout with little guidance)."""
-        return cfg * k / max(len(self.block_sizes) - 1, 1)
+    @torch.no_grad()
+    def teacher_forcing_inputs(self, quantizer, tokens_BL):
+        """Training inputs from the true tokens (all scales, flattened): for each scale k+1 the
+        cumulative reconstruction after scale k, area-resized to s_{k+1}. B × (L − 1) × C.
+        (Scale 1 has no input block: its position holds the class token.)"""
+        f_hat = tokens_BL.new_zeros(len(tokens_BL), self.cfg.latent_dim, self.cfg.scales[-1], self.cfg.scales[-1],
+                                    dtype=quantizer.codebook.weight.dtype)
+        inputs = []
+        for k, idx_Bss in enumerate(split_scales(tokens_BL, self.cfg.scales)[:-1]):
+            f_hat, x_Bl = self.next_input(quantizer, f_hat, idx_Bss.flatten(1), k)
+            inputs.append(x_Bl)
+        return torch.cat(inputs, dim=1) if inputs else f_hat.new_zeros(len(tokens_BL), 0, self.cfg.latent_dim)
+
+    def guidance_weight(self, k, cfg_scale):
+        """CFG weight at step k: a linear ramp from 0 at the 1×1 map to `cfg_scale` at the last
+        scale (the paper's practice: coarse scales fix the layout with little guidance)."""
+        return cfg_scale * k / max(len(self.cfg.scales) - 1, 1)
 
     # --- shared by both ---
 
@@ -120,62 +129,48 @@ class VAR(nn.Module):
         return torch.where(uniform_B.to(labels_B.device) < self.cfg.class_dropout, self.cfg.num_classes, labels_B)
 
     def loss_per_scale(self, logits_BLV, targets_BL):
-        """Mean cross-entropy of each scale's tokens (nats): a list of K numbers."""
+        """Mean cross-entropy of each scale's tokens (nats), a tensor of K numbers."""
         ce_BL = F.cross_entropy(logits_BLV.transpose(1, 2).float(), targets_BL, reduction="none")
-        return [ce_BL[:, self.level_L == k].mean().item() for k in range(len(self.cfg.scales))]
+        per_level = torch.zeros(len(self.cfg.scales), device=ce_BL.device).index_add_(0, self.level_L, ce_BL.sum(0))
+        return per_level / (len(ce_BL) * torch.tensor(scale_block_sizes(self.cfg.scales), device=ce_BL.device))
 
     @torch.no_grad()
-    def generate(self, quantizer, labels_B, cfg=1.5, temperature=1.0, top_k=0, top_p=1.0,
-                 generator=None, use_cache=True, return_logits=False, keep=None):
-        """Sample one image's token maps per label, block by block (VAR: coarse to fine,
-        paper Alg. 2; AR: token by token).
+    def generate(self, quantizer, labels_B, cfg_scale=1.5, temperature=1.0, top_k=0, top_p=1.0, generator=None,
+                 keep=None):
+        """Sample one image's token maps per label, coarse to fine (paper Alg. 2; the AR
+        baseline: token by token). Each step runs only its own block's tokens through the
+        transformer; the KV cache holds every earlier one.
 
-        CFG: the batch runs twice, with the class and with the null class, and the logits
-        are mixed with guidance_weight(step). use_cache=False reruns the whole prefix at
-        every step under the mask (for benchmarks and tests). keep = (source_BL, keep_BL),
-        all scales flattened as in training: wherever keep_BL is True the drawn token is
-        replaced by the source's before the next step sees it (zero-shot editing, applications/editing.py).
-        Returns the index maps, one per scale (and, if asked, the guided logits of every step).
+        Classifier-free guidance: the batch runs twice, with the class and with the null class,
+        and the logits are mixed with guidance_weight(step). keep = (source_BL, keep_BL), all
+        scales flattened as in training: wherever keep_BL is True the drawn token is replaced
+        by the source's before the next step sees it (zero-shot editing, applications/editing.py).
+        Returns the index maps, one per scale.
         """
         B = len(labels_B)
         null_B = torch.full_like(labels_B, self.cfg.num_classes)
         cond_2BD = self.class_emb(torch.cat([labels_B, null_B]))  # [conditional; unconditional]
-        caches = None
-        if use_cache:
-            caches = [KVCache(2 * B, self.cfg.heads, self.seq_len, self.cfg.dim // self.cfg.heads,
-                              cond_2BD.device, cond_2BD.dtype) for _ in self.blocks]
-        block_mods = [block.modulation(cond_2BD) for block in self.blocks]  # once, not per step
+        caches = [KVCache(2 * B, self.cfg.heads, self.seq_len, self.cfg.dim // self.cfg.heads, cond_2BD.device,
+                          cond_2BD.dtype) for _ in self.blocks]
+        block_mods = [block.modulation(cond_2BD) for block in self.blocks]  # the class is fixed: once, not per step
         head_mod = self.head.modulation(cond_2BD)
         side = self.cfg.scales[-1]
         f_hat = cond_2BD.new_zeros(B, self.cfg.latent_dim, side, side)  # VAR's running reconstruction
-        x_2Bl = None  # the first block's only input is the class token
-        seen = []  # uncached mode: every input so far
-        sampled, all_logits, start = [], [], 0
+        x_2Bl, sampled, start = None, [], 0  # the first block's only input is the class token
         for k, size in enumerate(self.block_sizes):
-            if use_cache:  # run only this block's tokens; earlier ones are in the cache
-                h = self.embed(x_2Bl, cond_2BD, start)
-                for block, mod, cache in zip(self.blocks, block_mods, caches):
-                    h = block(h, mod, cache=cache)
-            else:  # rerun the whole prefix under the mask, keep the newest block
-                if x_2Bl is not None:
-                    seen.append(x_2Bl)
-                h = self.embed(torch.cat(seen, dim=1) if seen else None, cond_2BD, 0)
-                for block, mod in zip(self.blocks, block_mods):
-                    h = block(h, mod, self.mask_LL[:start + size, :start + size])
-                h = h[:, start:]
-            logits_BlV = guided_logits(self.head(h, head_mod), self.guidance_weight(k, cfg))
+            h = self.embed(x_2Bl, cond_2BD, start)
+            for block, mod, cache in zip(self.blocks, block_mods, caches):
+                h = block(h, mod, cache=cache)
+            logits_BlV = guided_logits(self.head(h, head_mod), self.guidance_weight(k, cfg_scale))
             idx_Bl = sample_tokens(logits_BlV, temperature, top_k, top_p, generator)
-            if keep is not None:
-                source_Bl, keep_Bl = keep[0][:, start:start + size], keep[1][:, start:start + size]
-                idx_Bl = torch.where(keep_Bl, source_Bl, idx_Bl)
+            if keep is not None:  # editing: the source's token wherever it is kept
+                idx_Bl = torch.where(keep[1][:, start:start + size], keep[0][:, start:start + size], idx_Bl)
             sampled.append(idx_Bl)
-            all_logits.append(logits_BlV)
             if k + 1 < len(self.block_sizes):
                 f_hat, x_Bl = self.next_input(quantizer, f_hat, idx_Bl, k)
                 x_2Bl = torch.cat([x_Bl, x_Bl])  # both halves of the CFG batch see the same tokens
             start += size
-        idx_list = split_scales(torch.cat(sampled, dim=1), self.cfg.scales)
-        return (idx_list, all_logits) if return_logits else idx_list
+        return split_scales(torch.cat(sampled, dim=1), self.cfg.scales)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

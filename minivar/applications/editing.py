@@ -1,5 +1,5 @@
 """Zero-shot editing: in-painting, out-painting and class editing with no extra training
-(paper §4.4, DESIGN §3).
+(paper §4.4).
 
 VAR generates every scale of the whole image at once, each token seeing all coarser
 scales everywhere. So to edit an image: encode it into its K token maps, then generate as
@@ -56,8 +56,8 @@ def edit(model, tokenizer, image_B3HW, labels_B, box, mode, **sampling):
     regenerates the rest. Returns (edited images, source token rows B×L, keep row L)."""
     if mode not in MODES:
         raise ValueError(f"edit mode {mode!r}: choose one of {', '.join(MODES)}")
-    if len(model.cfg.scales) == 1:  # the AR baseline (ar.py) has one 8×8 map, predicted in reading order
-        raise ValueError("zero-shot editing needs a multi-scale VAR model; raster AR can only continue a prefix")
+    if max(model.block_sizes) == 1:  # the AR baseline (ar.py): one token per step, in reading order
+        raise ValueError("zero-shot editing needs a VAR model; raster AR can only continue a prefix")
     region = edited_region(box, mode, image_B3HW.shape[-1]).to(image_B3HW.device)
     source_BL = flatten_scales(tokenizer.encode(image_B3HW))
     keep_L = keep_mask(model.cfg.scales, region)

@@ -1,4 +1,4 @@
-"""Rejection sampling by the model's own implicit classifier (DESIGN §3).
+"""Best-of-N rejection sampling by the model's own implicit classifier.
 
 A class-conditional model that also learned the unconditional p(x | ∅) (the null class
 of CFG) holds a classifier for free. By Bayes,
@@ -45,11 +45,3 @@ def generate_best_of(model, quantizer, labels_B, n_candidates, generator=None, *
     scores_BN = implicit_classifier_score(model, quantizer, idx_list, labels_BN).view(-1, n_candidates)
     best_B = scores_BN.argmax(1) + torch.arange(len(labels_B), device=labels_B.device) * n_candidates
     return [idx[best_B] for idx in idx_list], scores_BN
-
-
-def sample(model, quantizer, labels_B, n_candidates=1, **sampling):
-    """Index maps of one image per label: plain sampling for n_candidates = 1 (no scoring
-    passes), else the best of n_candidates (generate_best_of)."""
-    if n_candidates == 1:
-        return model.generate(quantizer, labels_B, **sampling)
-    return generate_best_of(model, quantizer, labels_B, n_candidates, **sampling)[0]

@@ -17,16 +17,18 @@ import json
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from minivar.data import DataError, iterate_in_order, load_cifar10
 from minivar.quantizer import flatten_scales
+from minivar.studies.complexity import generate_without_cache
 from minivar.tokenizer import psnr
-from minivar.training.checkpoint import CheckpointError, load_checkpoint
+from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, load_generator
 from minivar.training.device import describe_machine, pick_device
-from minivar.training.stages import frozen_tokenizer, load_generator, test_cross_entropy
+from minivar.training.stages import test_cross_entropy
 from minivar.training.tokens import tokenize
 from minivar.var import VAR, VARConfig
 
@@ -142,8 +144,8 @@ def bench_var(args, device):
     for batch in (64, 1):
         labels = torch.arange(batch, device=device) % 10
         for cache in (True, False):
-            run = lambda: model.generate(tok.quantizer, labels, cfg=1.5, use_cache=cache,
-                                         generator=torch.Generator(device).manual_seed(0))
+            sample = model.generate if cache else partial(generate_without_cache, model)
+            run = lambda: sample(tok.quantizer, labels, cfg_scale=1.5, generator=torch.Generator(device).manual_seed(0))
             t = timed(run, args.repeats, device=device)
             key = f"sample_b{batch}_{'cache' if cache else 'nocache'}"
             result[key + "_s"] = t

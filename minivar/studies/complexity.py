@@ -3,7 +3,7 @@
     python -m minivar.studies.complexity                       # defaults: a few minutes on a laptop CPU
     python -m minivar.studies.complexity --grids 4,8,16,32 --batch-sizes 1,256 --device cuda
 
-Four samplers (DESIGN §5). A sampler runs a sequence cut into blocks b_1..b_K (AR: n²
+Four samplers. A sampler runs a sequence cut into blocks b_1..b_K (AR: n²
 blocks of one token; VAR: one block of s_k² tokens per scale), one block per
 sequential step. With P_k = b_1 + ... + b_k tokens known after step k:
 
@@ -27,14 +27,17 @@ import json
 import math
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from minivar.ar import AR
-from minivar.quantizer import MultiScaleQuantizer
+from minivar.quantizer import MultiScaleQuantizer, split_scales
+from minivar.sampling import guided_logits, sample_tokens
 from minivar.training.device import describe_machine, pick_device
+from minivar.training.plots import save_figure
 from minivar.var import VAR, VARConfig
 
 SAMPLERS = ("ar_nocache", "ar_cache", "var_nocache", "var_cache")
@@ -81,6 +84,30 @@ def fit_slope(ns, values):
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+@torch.no_grad()
+def generate_without_cache(model, quantizer, labels_B, cfg_scale=1.5, generator=None):
+    """`model.generate` without a KV cache: every step reruns the whole prefix under the mask
+    and keeps the newest block's logits. The same generator gives the same samples; what
+    differs is the work, which is what the "no cache" samplers measure."""
+    B = len(labels_B)
+    cond_2BD = model.class_emb(torch.cat([labels_B, torch.full_like(labels_B, model.cfg.num_classes)]))
+    block_mods, head_mod = [block.modulation(cond_2BD) for block in model.blocks], model.head.modulation(cond_2BD)
+    side = model.cfg.scales[-1]
+    f_hat = cond_2BD.new_zeros(B, model.cfg.latent_dim, side, side)
+    inputs, sampled, start = [], [], 0
+    for k, size in enumerate(model.block_sizes):
+        h = model.embed(torch.cat(inputs, dim=1) if inputs else None, cond_2BD, 0)  # the whole prefix, again
+        for block, mod in zip(model.blocks, block_mods):
+            h = block(h, mod, model.mask_LL[:start + size, :start + size])
+        logits_BlV = guided_logits(model.head(h[:, start:], head_mod), model.guidance_weight(k, cfg_scale))
+        sampled.append(sample_tokens(logits_BlV, generator=generator))
+        if k + 1 < len(model.block_sizes):
+            f_hat, x_Bl = model.next_input(quantizer, f_hat, sampled[-1], k)
+            inputs.append(torch.cat([x_Bl, x_Bl]))
+        start += size
+    return split_scales(torch.cat(sampled, dim=1), model.cfg.scales)
+
+
 def random_model(sampler, n, dim, depth, heads, ratio, device):
     """(model, quantizer) with random weights for an n×n map; VAR's quantizer updates f̂ between scales."""
     scales = (n,) if sampler.startswith("ar") else var_scales(n, ratio)
@@ -98,7 +125,8 @@ def time_generation(model, quantizer, batch, use_cache, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        model.generate(quantizer, labels, cfg=1.5, use_cache=use_cache, generator=torch.Generator(device).manual_seed(0))
+        sample = model.generate if use_cache else partial(generate_without_cache, model)
+        sample(quantizer, labels, cfg_scale=1.5, generator=torch.Generator(device).manual_seed(0))
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
@@ -197,7 +225,7 @@ def save_plot(result, path):
     fig.suptitle(f"AR vs VAR, width {result['dim']}, depth {result['depth']}, on {result['machine']['device']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 def print_table(result):

@@ -1,11 +1,11 @@
 """FID of a checkpoint against the CIFAR-10 test split: print it, write JSON.
 
-    python -m minivar.studies.evaluate --ckpt out/var.pt --n 10000 --cfg 1.5     # a generator (var or ar)
-    python -m minivar.studies.evaluate --ckpt out/var.pt --n 5000 --cfg 1,1.5,2,3  # FID against cfg
-    python -m minivar.studies.evaluate --ckpt out/var.pt --n 5000 --reject 4     # best of 4 by the implicit classifier
-    python -m minivar.studies.evaluate --ckpt out/tokenizer.pt --n 10000         # rFID: the tokenizer's floor
-    python -m minivar.studies.evaluate --train --n 10000                         # the metric's own floor
-    python -m minivar.studies.evaluate --images samples.npz                      # any uint8 N×3×32×32 array
+    python -m minivar.studies.evaluate --ckpt out/var.pt --cfg-scale 1.5          # a generator (var or ar)
+    python -m minivar.studies.evaluate --ckpt out/var.pt --n 2000 --cfg-scale 1,2,3 --top-k 0,100   # a sweep
+    python -m minivar.studies.evaluate --ckpt out/var.pt --n 5000 --reject 4      # best of 4, implicit classifier
+    python -m minivar.studies.evaluate --ckpt out/tokenizer.pt                    # rFID: the tokenizer's floor
+    python -m minivar.studies.evaluate --train                                    # the metric's own floor
+    python -m minivar.studies.evaluate --images samples.npz                       # any uint8 N×3×32×32 array
 
 A generator draws n images, classes balanced (n/10 of each); a tokenizer reconstructs
 the first n test images: no generator using it can get closer to the data than that.
@@ -14,8 +14,7 @@ metric's own noise at this n, the floor under every model. The reference is alwa
 whole test split, its statistics cached next to the checkpoint (or in --cache-dir).
 Needs the optional FID extra (see minivar/studies/metrics.py).
 """
-import argparse
-import json
+import itertools
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from minivar.applications.rejection import sample
+from minivar.applications.rejection import generate_best_of
 from minivar.data import DataError, iterate_in_order, load_cifar10, to_uint8
 from minivar.studies.metrics import (
     InceptionFeatures,
@@ -34,9 +33,15 @@ from minivar.studies.metrics import (
     reference_statistics,
     statistics,
 )
-from minivar.training.checkpoint import CheckpointError, load_checkpoint
+from minivar.training.checkpoint import (
+    CheckpointError,
+    frozen_tokenizer,
+    generator_from_checkpoint,
+    load_checkpoint,
+    save_json,
+)
+from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
 from minivar.training.device import autocast, describe_machine, pick_device
-from minivar.training.stages import frozen_tokenizer, generator_from_checkpoint
 
 
 def feature_network(device):
@@ -45,17 +50,26 @@ def feature_network(device):
 
 
 @torch.no_grad()
-def generated_images(model, tokenizer, n, cfg, args, device):
+def generated_images(model, tokenizer, n, settings, args, device):
     """n uint8 images, classes 0..9 in turn, in batches, from one seeded generator."""
     labels = torch.arange(n, device=device) % model.cfg.num_classes
-    generator = torch.Generator(device).manual_seed(args.seed)
-    sampling = dict(cfg=cfg, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
+    sampling = dict(settings, generator=torch.Generator(device).manual_seed(args.seed))
     out = []
     for i in tqdm(range(0, n, args.batch_size), desc="sampling", leave=False, dynamic_ncols=True):
-        with autocast(device):  # --reject N: best of N by the implicit classifier (rejection.py)
-            idx_list = sample(model, tokenizer.quantizer, labels[i:i + args.batch_size], args.reject, **sampling)
+        batch = labels[i:i + args.batch_size]
+        with autocast(device):
+            if args.reject > 1:  # best of N by the implicit classifier (applications/rejection.py)
+                idx_list, _ = generate_best_of(model, tokenizer.quantizer, batch, args.reject, **sampling)
+            else:
+                idx_list = model.generate(tokenizer.quantizer, batch, **sampling)
             out.append(to_uint8(tokenizer.decode(idx_list).float()).cpu())
     return torch.cat(out)
+
+
+def sampling_grid(args):
+    """Every combination of the sampling settings given (each flag may list several values)."""
+    names = ("cfg_scale", "top_k", "top_p", "temperature")
+    return [dict(zip(names, values)) for values in itertools.product(*(getattr(args, k) for k in names))]
 
 
 @torch.no_grad()
@@ -89,6 +103,8 @@ def evaluate(args):
     test_images, test_labels = load_cifar10(args.data_dir, "test", download=False)
     images = load_images(args.images) if kind == "images" else None
     n = len(images) if kind == "images" else args.n
+    if kind == "images" and n < 2:
+        raise ValueError(f"--images {args.images} holds {n} image; FID needs at least 2")
     if not 2 <= n <= {"tokenizer": len(test_images), "train": 50_000}.get(kind, 10**7):
         raise ValueError(f"--n {n}: need at least 2 (at most the {len(test_images)} test images for a tokenizer, "
                          f"the 50000 training images for --train)")
@@ -116,57 +132,64 @@ def evaluate(args):
         rows.append(row(images, started, what=f"the images in {args.images}"))
     else:
         model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device)
-        for cfg in args.cfg:
+        for settings in sampling_grid(args):
             started = time.perf_counter()
-            rows.append(row(generated_images(model, tokenizer, n, cfg, args, device), started,
-                            what="FID of class-balanced samples", cfg=cfg, top_k=args.top_k, top_p=args.top_p,
-                            temperature=args.temperature, reject=args.reject, seed=args.seed))
+            rows.append(row(generated_images(model, tokenizer, n, settings, args, device), started,
+                            what="FID of class-balanced samples", **settings, reject=args.reject, seed=args.seed))
     return {"kind": kind, "n": n, "reference": f"CIFAR-10 test split ({len(test_images)} images)",
             "feature_network": type(network).__name__, "reference_seconds": reference_s, "rows": rows}
 
 
+def number_list(kind):
+    """An argparse type: one value or several separated by commas, each checked by `kind`."""
+    return lambda text: [kind(v) for v in text.split(",")]
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="FID of a checkpoint against the CIFAR-10 test split")
+    p = OneLineParser(prog="python -m minivar.studies.evaluate",
+                      description="FID of a checkpoint against the CIFAR-10 test split; prints it, writes JSON")
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--ckpt", help="a tokenizer (rFID), var or ar checkpoint")
-    what.add_argument("--train", action="store_true", help="the first n training images (the metric's floor)")
-    what.add_argument("--images", help=".npz file holding uint8 images N×3×H×W")
-    p.add_argument("--n", type=int, default=10_000, help="images to generate (or reconstruct)")
-    p.add_argument("--cfg", default="1.5", help="guidance weight; several (1,1.5,2) give one FID each")
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--top-p", type=float, default=1.0), p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reject", type=int, default=1, help="draw N candidates per image, keep the best by the "
-                                                          "model's implicit classifier (1: plain sampling)")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--cache-dir", help="reference statistics cache (default: the checkpoint's folder)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", help="JSON file (default: <ckpt>_fid<n>.json)")
+    what.add_argument("--ckpt", help="a tokenizer (rFID of its reconstructions), var or ar checkpoint")
+    what.add_argument("--train", action="store_true", help="score the first n training images: the metric's floor")
+    what.add_argument("--images", help="score the images of an .npz file (uint8 N×3×H×W)")
+    p.add_argument("--n", type=positive_int, default=10_000, help="images to generate, reconstruct or take (default: "
+                                                                 "10000; FID reads higher for fewer)")
+    sweep = "; several, comma-separated, give one FID each"
+    p.add_argument("--cfg-scale", type=number_list(non_negative), default=[1.5],
+                   help=f"guidance weight at the last scale (default: 1.5{sweep})")
+    p.add_argument("--top-k", type=number_list(non_negative_int), default=[0],
+                   help=f"keep the k most likely tokens, 0 for all (default: 0{sweep})")
+    p.add_argument("--top-p", type=number_list(probability), default=[1.0],
+                   help=f"nucleus mass, 1 for all (default: 1{sweep})")
+    p.add_argument("--temperature", type=number_list(positive), default=[1.0], help=f"(default: 1{sweep})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
+    p.add_argument("--reject", type=positive_int, default=1, help="draw N candidates per image, keep the best by the "
+                                                                  "model's implicit classifier (default: 1, plain)")
+    p.add_argument("--batch-size", type=positive_int, default=250, help="images per batch (default: 250)")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (default: ./data)")
+    p.add_argument("--cache-dir", help="where the test split's feature statistics are cached (default: the "
+                                       "checkpoint's folder)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--out", help="JSON file (default: <ckpt>_fid<n>.json beside the checkpoint)")
     args = p.parse_args(argv)
     try:
-        try:
-            args.cfg = [float(c) for c in args.cfg.split(",")]
-        except ValueError:
-            raise ValueError(f"--cfg {args.cfg}: need numbers separated by commas, e.g. 1.5 or 1,1.5,2") from None
-        if args.reject < 1:
-            raise ValueError(f"--reject {args.reject}: need 1 (plain sampling) or more candidates per image")
-        if args.batch_size < 1 or args.top_k < 0 or not 0 < args.top_p <= 1 or args.temperature <= 0:
-            raise ValueError("need --batch-size >= 1, --top-k >= 0, 0 < --top-p <= 1 and --temperature > 0")
         result = evaluate(args)
+        result["machine"] = describe_machine(pick_device(args.device))
+        result["command"] = "python -m minivar.studies.evaluate " + " ".join(map(str, argv if argv is not None
+                                                                                 else sys.argv[1:]))
+        print(f"{result['kind']}, n = {result['n']}, against the {result['reference']}, "
+              f"{result['feature_network']} features ({result['machine']['device']})")
+        for r in result["rows"]:
+            settings = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("fid", "what", "seconds"))
+            print(f"  FID {r['fid']:8.3f}   {settings or r['what']}   ({sum(r['seconds'].values()):.0f} s)")
+        stem = Path(args.ckpt).with_suffix("") if args.ckpt else Path(args.images).with_suffix("") if args.images \
+            else Path(args.data_dir) / "cifar10-train"
+        out = Path(args.out or f"{stem}_fid{result['n']}.json")
+        save_json(result, out)
     except (CheckpointError, DataError, MetricsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
-    result["machine"] = describe_machine(pick_device(args.device))
-    result["command"] = "python -m minivar.studies.evaluate " + " ".join(map(str, argv if argv is not None else sys.argv[1:]))
-    print(f"{result['kind']}, n = {result['n']}, against the {result['reference']}, "
-          f"{result['feature_network']} features ({result['machine']['device']})")
-    for r in result["rows"]:
-        settings = " ".join(f"{k}={v}" for k, v in r.items() if k not in ("fid", "what", "seconds"))
-        print(f"  FID {r['fid']:8.3f}   {settings or r['what']}   ({sum(r['seconds'].values()):.0f} s)")
-    stem = Path(args.ckpt).with_suffix("") if args.ckpt else Path(args.images).with_suffix("") if args.images else \
-        Path(args.data_dir) / "cifar10-train"
-    out = Path(args.out or f"{stem}_fid{result['n']}.json")
-    out.write_text(json.dumps(result, indent=1))
+    except KeyboardInterrupt:
+        sys.exit(130)
     print(f"wrote {out}")
 
 

@@ -1,4 +1,4 @@
-"""FID: how far generated images are from real ones, in Inception-v3 feature space (DESIGN §6).
+"""FID: how far generated images are from real ones, in Inception-v3 feature space.
 
     FID = ‖μ_g − μ_r‖² + tr(Σ_g) + tr(Σ_r) − 2·tr((Σ_g Σ_r)^½)
 

@@ -33,10 +33,8 @@ from types import SimpleNamespace
 
 import matplotlib
 import matplotlib.ticker
-
-matplotlib.use("Agg")  # files only; notebooks show the PNG or call save_plot themselves
-import matplotlib.pyplot as plt
 import torch
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from minivar.data import DataError, load_cifar10
@@ -44,7 +42,8 @@ from minivar.studies.bench import transformer_train_flops
 from minivar.studies.complexity import fit_slope
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_json
 from minivar.training.device import describe_machine, pick_device, seed_everything
-from minivar.training.optim import adamw, lr_at, train_step
+from minivar.training.optim import adamw, lr_at
+from minivar.training.plots import save_figure
 from minivar.training.stages import VARStage
 from minivar.var import VARConfig
 
@@ -83,8 +82,8 @@ def train_one_size(depth, settings, tokenizer, data, device):
     seed_everything(settings["seed"])  # every size sees the same batches in the same order
     run = SimpleNamespace(batch_size=settings["batch_size"], seed=settings["seed"], eval_images=settings["eval_images"],
                           out_dir=Path(settings["tokenizer"]).parent)  # the token cache lives beside the tokenizer
-    stage = VARStage(run, size_config(depth, settings["width_per_depth"], tokenizer["model_config"]),
-                     *data, device, tokenizer["model_config"], tokenizer["model"])
+    stage = VARStage(run, size_config(depth, settings["width_per_depth"], tokenizer["model_config"]), *data, device,
+                     tokenizer={"tokenizer_config": tokenizer["model_config"], "tokenizer": tokenizer["model"]})
     model, L = stage.model, stage.model.seq_len
     steps = max(1, round(settings["tokens"] / (settings["batch_size"] * L)))
     warmup = max(1, round(settings["warmup_fraction"] * steps))
@@ -95,7 +94,7 @@ def train_one_size(depth, settings, tokenizer, data, device):
     bar = tqdm(range(steps), desc=f"depth {depth}", leave=False, dynamic_ncols=True)
     for step in bar:
         t0 = time.perf_counter()
-        loss, _ = train_step(stage, optimizer, step, lr_at(step, settings["lr"], warmup, steps), grad_clip=1.0)
+        loss = stage.train_step(step, optimizer, lr_at(step, settings["lr"], warmup, steps), grad_clip=1.0)["loss"]
         seconds += time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
         if step + 1 in curve_steps:  # a point of the loss-vs-compute curve, on a test subset
@@ -133,7 +132,8 @@ def save_plot(result, path=None):
     """Left: test loss against parameters, with the fits. Right: each size's test loss
     against training compute, the Pareto frontier and its fit. Returns the figure."""
     rows, fits = result["rows"], result["fits"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig = Figure(figsize=(12, 4.6))  # no pyplot: a notebook shows it with display(fig)
+    left, right = fig.subplots(1, 2)
     params = [r["params"] for r in rows]
     for key, name, marker in (("loss", "avg", "o"), ("loss_last", "last", "s")):
         fit = fits[f"{key}_vs_params"]
@@ -144,7 +144,7 @@ def save_plot(result, path=None):
     left.set(xscale="log", yscale="log", xlabel="parameters N", ylabel="test cross-entropy (nats/token)",
              title="loss against model size, equal tokens")
     left.legend(fontsize=8)
-    colors = plt.cm.viridis([i / max(1, len(rows) - 1) for i in range(len(rows))])
+    colors = matplotlib.colormaps["viridis"]([i / max(1, len(rows) - 1) for i in range(len(rows))])
     for r, color in zip(rows, colors):
         right.plot([p["flops"] for p in r["curve"]], [p["loss"] for p in r["curve"]], "-o", ms=3, color=color,
                    label=f"depth {r['depth']} ({r['params'] / 1e6:.2g} M)")
@@ -162,7 +162,7 @@ def save_plot(result, path=None):
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
     return fig
 
 

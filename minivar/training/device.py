@@ -1,12 +1,11 @@
 """Where the computation runs: device choice, mixed precision, seeding.
 
 One code path for CUDA, Apple MPS and CPU. Autocast is used only where it helps:
-bf16 on CUDA GPUs that support it. On MPS and CPU we stay in fp32 (bf16 on CPU is
-slower for these small convs/matmuls, and MPS autocast is still patchy).
+bf16 on CUDA GPUs that support it; fp32 on MPS and CPU.
 """
-import contextlib
 import platform
 import random
+import resource
 
 import numpy as np
 import torch
@@ -30,10 +29,17 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA when the GPU supports it; a no-op context elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 autocast on CUDA GPUs that support it; off elsewhere (on MPS and CPU fp32 is as
+    fast for these small models, and MPS autocast is still patchy)."""
+    enabled = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def peak_memory_gib(device):
+    """Peak memory so far: allocated GPU memory on CUDA, else the process's resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux: KiB -> GiB
 
 
 def seed_everything(seed: int) -> None:

@@ -53,6 +53,15 @@ def rows_from_all_ranks(tensor):
     return torch.cat(parts)
 
 
+def any_rank(flag: bool) -> bool:
+    """True on every rank if `flag` is True on any (all ranks must stop at the same step)."""
+    if not active():
+        return flag
+    t = torch.tensor([float(flag)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
 def barrier():
     if active():
         dist.barrier()

@@ -6,6 +6,12 @@ server and leaves a notebook's inline plots alone."""
 from matplotlib.figure import Figure
 
 from minivar.data import to_uint8
+from minivar.training.checkpoint import atomic_write
+
+
+def save_figure(fig, path, dpi=100):
+    """A PNG written atomically, like every output: a killed write leaves the old file."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def to_numpy_image(x_3HW):
@@ -24,7 +30,7 @@ def save_reconstruction_grid(x_B3HW, recs, scales, path):
     for j, title in enumerate(["original"] + [f"1..{s}×{s}" for s in scales]):
         axes[0, j].set_title(title, fontsize=7)
     fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
 
 
 def save_sample_grid(images_B3HW, row_labels, n_per_row, path):
@@ -38,4 +44,4 @@ def save_sample_grid(images_B3HW, row_labels, n_per_row, path):
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)

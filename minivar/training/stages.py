@@ -1,67 +1,178 @@
 """What each training stage does in one step, at evaluation, and in its picture.
 
-train.py runs one loop for every stage; a stage object supplies the parts that differ:
+train.py runs one loop for every stage; a stage object supplies what differs:
 
     stage.model                  the nn.Module being trained
-    stage.net                    what the training step calls: the model, or under torchrun its DDP wrapper
-    stage.loss(step)             (loss, metrics) on the batch of this step
-    stage.after_step(step, opt)  housekeeping after the optimizer step (e.g. re-seeding codes)
+    stage.net                    what the step calls: the model, or its torch.compile / DDP wrapper
+    stage.train_step(step, optimizer, lr, grad_clip)    one optimizer step (Stage, below)
     stage.evaluate()             metrics on the test split
     stage.save_picture(path)     a PNG to look at after each evaluation
-    stage.checkpoint()           what, besides weights and optimizer, a checkpoint carries
-"""
+    stage.state(), load_state()  what a checkpoint carries besides the model and its optimizer
 
+The stages, in the order `python train.py` runs them: perceptual (the small CIFAR-10
+classifier whose features the tokenizer's perceptual loss compares), tokenizer, var; and
+ar, the baseline, on its own.
+"""
 import torch
+import torch.nn.functional as F
 
 from minivar.ar import AR
 from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
 from minivar.quantizer import split_scales
-from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
-from minivar.training.checkpoint import CheckpointError, load_checkpoint
+from minivar.tokenizer import Tokenizer, psnr
+from minivar.training.checkpoint import frozen_tokenizer
 from minivar.training.device import autocast
-from minivar.training.distributed import rank_zero_first, rows_from_all_ranks, sum_across_ranks
+from minivar.training.distributed import active, rank_zero_first, rows_from_all_ranks, sum_across_ranks
 from minivar.training.plots import save_reconstruction_grid, save_sample_grid
+from minivar.training.sharpness import (
+    FeatureClassifier,
+    PatchDiscriminator,
+    PerceptualConfig,
+    adaptive_weight,
+    discriminator_hinge_loss,
+    perceptual_distance,
+)
 from minivar.training.tokens import cached_tokens
-from minivar.var import VAR, VARConfig
+from minivar.var import VAR
 
 
-class TokenizerStage:
-    kind, items = "tokenizer", "img"  # the progress bar counts images per second
+class Stage:
+    items = "img"  # what the progress bar counts per second
 
-    def __init__(self, tcfg, model_cfg: TokenizerConfig, train_data, test_data, device, rank=0, world_size=1):
-        self.tcfg, self.device = tcfg, device
+    def train_step(self, step, optimizer, lr, grad_clip):
+        """One optimizer step at learning rate lr, gradients clipped to norm grad_clip. Returns
+        the step's metrics as tensors: reading one waits for the GPU, so the loop does that
+        only when it logs."""
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss, metrics = self.loss(step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
+        optimizer.step()
+        metrics.update(self.after_step(step, optimizer))
+        return metrics
+
+    def after_step(self, step, optimizer):
+        """Work after the optimizer step (the tokenizer: its discriminator, dead codes)."""
+        return {}
+
+    def state(self):
+        return {}
+
+    def load_state(self, ckpt):
+        pass
+
+
+class PerceptualStage(Stage):
+    """The classifier behind the perceptual loss (sharpness.py), trained on training images."""
+    kind = "perceptual"
+
+    def __init__(self, tcfg, model_cfg: PerceptualConfig, train_data, test_data, device, rank=0, world_size=1):
+        self.device, self.model_cfg = device, model_cfg
+        self.model = self.net = FeatureClassifier(model_cfg.widths).to(device)
+        self.items_per_step = tcfg.batch_size
+        self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
+        self.test_images, self.test_labels = test_data[0][:tcfg.eval_images], test_data[1][:tcfg.eval_images]
+
+    def loss(self, step):
+        x, y = self.batches.batch(step)
+        with autocast(self.device):
+            logits = self.net(x)
+        loss = F.cross_entropy(logits.float(), y)
+        return loss, {"loss": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
+
+    @torch.no_grad()
+    def evaluate(self):
+        self.model.eval()
+        correct = sum((self.model(x).argmax(1) == y).sum().item()
+                      for x, y in iterate_in_order(self.test_images, self.test_labels, 500, self.device))
+        self.model.train()
+        return {"test_accuracy": correct / len(self.test_images)}
+
+    def save_picture(self, path):
+        pass  # a classifier has no picture worth a file
+
+
+def frozen_classifier(config: dict, state: dict, device):
+    net = FeatureClassifier(PerceptualConfig(**config).widths)
+    net.load_state_dict(state)
+    return net.to(device).eval().requires_grad_(False)
+
+
+class TokenizerStage(Stage):
+    """Reconstruction + VQ losses (tokenizer.py); with the adversarial and perceptual terms of
+    sharpness.py when their weights in TokenizerConfig are above zero."""
+    kind = "tokenizer"
+
+    def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, perceptual=None):
+        self.tcfg, self.device, self.perceptual_checkpoint = tcfg, device, perceptual
         self.model = self.net = Tokenizer(model_cfg).to(device)
+        self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
         self.items_per_step = tcfg.batch_size  # the global batch (split across ranks under torchrun)
         self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
         self.test_images, self.test_labels = test_data[0][:tcfg.eval_images], test_data[1][:tcfg.eval_images]
-        self._last_latent = None
-        self._usage = self.model.quantizer.usage_per_scale()  # over the last full re-seed window
+        self.perceptual = None
+        if model_cfg.perceptual_weight > 0:  # perceptual = {"model_config", "model"} of a perceptual checkpoint
+            self.perceptual = frozen_classifier(perceptual["model_config"], perceptual["model"], device)
+        self.discriminator = None
+        if model_cfg.adversarial_weight > 0:
+            self.discriminator = self.disc_net = PatchDiscriminator().to(device)
+            if active():  # torchrun: its gradients are averaged like the tokenizer's
+                self.disc_net = torch.nn.parallel.DistributedDataParallel(self.discriminator)
+            self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=tcfg.lr, betas=(0.5, 0.9))
+        self._last = None
 
     def loss(self, step):
+        cfg = self.model.cfg
         x, _ = self.batches.batch(step)
         with autocast(self.device):
-            x_rec, loss, info = self.net(x)
-        self._last_latent = info["f"].detach().float()
-        return loss, {"loss": loss.item(), "psnr": psnr(x_rec.float(), x).mean().item(),
-                      "usage": self._usage[-1].item(), "usage_min": self._usage.min().item()}
+            x_rec, _, info = self.net(x)
+            rec_loss = info["rec_loss"]
+            metrics = {"psnr": psnr(x_rec.detach().float(), x).mean()}
+            if self.perceptual is not None:
+                distance = perceptual_distance(self.perceptual, x, x_rec).mean()
+                rec_loss = rec_loss + cfg.perceptual_weight * distance
+                metrics["perceptual"] = distance.detach()
+            loss = rec_loss + info["vq_loss"]
+            if self.discriminator is not None and step >= cfg.disc_start:
+                gen_loss = -self.disc_net(x_rec).mean()  # the decoder wants D to call x_rec real
+                weight = adaptive_weight(rec_loss, gen_loss, self.model.decoder[-1].weight)
+                loss = loss + cfg.adversarial_weight * weight * gen_loss
+                metrics.update(gen_loss=gen_loss.detach(), adaptive_weight=weight)
+        self._last = (x, x_rec.detach(), info["f"].detach().float())
+        return loss, {"loss": loss.detach(), **metrics}
 
     def after_step(self, step, optimizer):
-        """Every `reseed_every` steps, codes no scale used since the last check are moved
-        onto current residuals, and their Adam moments are cleared so that stale
-        statistics do not throw the fresh codes around."""
-        if (step + 1) % self.tcfg.reseed_every:
-            return {}
-        # torchrun: count code use over every rank's images and re-seed from the whole global
-        # batch, so that all ranks make the same change (no-ops in a single process)
-        sum_across_ranks(self.model.quantizer.hits_KV)
-        latents = rows_from_all_ranks(self._last_latent)
-        self._usage = self.model.quantizer.usage_per_scale()
-        dead = self.model.quantizer.reseed_dead_codes(latents)
-        state = optimizer.state.get(self.model.quantizer.codebook.weight, {})
+        metrics = {}
+        x, x_rec, latent = self._last
+        if self.discriminator is not None and step >= self.model.cfg.disc_start:
+            for group in self.disc_optimizer.param_groups:  # D follows the tokenizer's schedule
+                group["lr"] = optimizer.param_groups[0]["lr"]
+            with autocast(self.device):
+                d_loss = discriminator_hinge_loss(self.disc_net(x), self.disc_net(x_rec))
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.disc_optimizer.step()
+            metrics["disc_loss"] = d_loss.detach()
+        if (step + 1) % self.tcfg.reseed_every == 0:
+            metrics.update(self.reseed(latent, optimizer))
+        return metrics
+
+    def reseed(self, latent, optimizer):
+        """Codes no scale used since the last check move onto current residuals (quantizer.py),
+        and their Adam moments are cleared so that stale statistics do not throw them around.
+        torchrun: code use is counted over every rank's images and re-seeding draws from the
+        whole global batch, so that all ranks make the same change."""
+        quantizer = self.model.quantizer
+        sum_across_ranks(quantizer.hits_KV)
+        usage = quantizer.usage_per_scale()
+        dead = quantizer.reseed_dead_codes(rows_from_all_ranks(latent))
+        codebook_state = optimizer.state.get(quantizer.codebook.weight, {})
         for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                state[key][dead] = 0
-        return {"reseeded": len(dead)}
+            if key in codebook_state:
+                codebook_state[key][dead] = 0
+        return {"reseeded": torch.tensor(float(len(dead))), "usage": usage[-1], "usage_min": usage.min()}
 
     @torch.no_grad()
     def evaluate(self, per_scale_images=500):
@@ -73,8 +184,8 @@ class TokenizerStage:
             for k, idx in enumerate(idx_list):
                 hits_KV[k] += torch.bincount(idx.flatten(), minlength=hits_KV.shape[1])
             scores.append(psnr(self.model.decode(idx_list).float(), x))
-        x = iterate_in_order(self.test_images[:per_scale_images], self.test_labels, per_scale_images, self.device)
-        x = next(x)[0]
+        x = next(iterate_in_order(self.test_images[:per_scale_images], self.test_labels, per_scale_images,
+                                  self.device))[0]
         per_scale = [psnr(rec.float(), x).mean().item() for rec in self.model.cumulative_reconstructions(x)]
         self.model.train()
         usage = (hits_KV > 0).float().mean(1).tolist()
@@ -88,35 +199,18 @@ class TokenizerStage:
         self.model.train()
         save_reconstruction_grid(x, recs, self.model.cfg.scales, path)
 
-    def checkpoint(self):
-        return {}
+    def state(self):
+        """The discriminator and its optimizer (exact resume), and the perceptual network the
+        run was started with, so that resuming needs this file alone."""
+        state = {"perceptual": self.perceptual_checkpoint} if self.perceptual is not None else {}
+        if self.discriminator is not None:
+            state.update(discriminator=self.discriminator.state_dict(), disc_optimizer=self.disc_optimizer.state_dict())
+        return state
 
-
-def frozen_tokenizer(config: dict, state: dict):
-    """Rebuild a tokenizer from a checkpoint's config and weights, for inference only."""
-    tokenizer = Tokenizer(TokenizerConfig(**config))
-    tokenizer.load_state_dict(state)
-    return tokenizer.eval().requires_grad_(False)
-
-
-def load_generator(ckpt_path, device):
-    """(model, tokenizer) rebuilt from a var or ar checkpoint alone (it carries its tokenizer)."""
-    return generator_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, device)
-
-
-def generator_from_checkpoint(ckpt, ckpt_path, device):
-    """load_generator for a checkpoint already read (ckpt_path only names it in errors)."""
-    models = {"var": VAR, "ar": AR}
-    if ckpt["kind"] not in models:
-        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed "
-                              f"(train one with: python train.py --stage var)")
-    model = models[ckpt["kind"]](VARConfig(**ckpt["model_config"]))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{ckpt_path}: weights do not match the config stored with them ({str(e)[:100]})") from None
-    tokenizer = frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"])
-    return model.to(device).eval(), tokenizer.to(device)
+    def load_state(self, ckpt):
+        if self.discriminator is not None and "discriminator" in ckpt:
+            self.discriminator.load_state_dict(ckpt["discriminator"])
+            self.disc_optimizer.load_state_dict(ckpt["disc_optimizer"])
 
 
 def unigram_entropy_per_scale(tokens_NL, scales, vocab_size):
@@ -139,49 +233,42 @@ def test_cross_entropy(model, tokenizer, tokens_NL, labels_N, device, batch_size
         tokens, labels = tokens_NL[i:i + batch_size].long(), labels_N[i:i + batch_size]
         with autocast(device):
             logits, _ = model(model.teacher_forcing_inputs(tokenizer.quantizer, tokens), labels)
-        sums += torch.tensor(model.loss_per_scale(logits, tokens)) * len(tokens)
+        sums += model.loss_per_scale(logits, tokens).cpu() * len(tokens)
     ce = (sums / len(tokens_NL)).tolist()
     unigram = unigram_entropy_per_scale(tokens_NL, model.cfg.scales, model.cfg.vocab_size)
-    weights = [s * s / model.seq_len for s in model.cfg.scales]
+    weights = [s * s / sum(s * s for s in model.cfg.scales) for s in model.cfg.scales]
     return {"ce": sum(w * c for w, c in zip(weights, ce)), "ce_per_scale": ce,
             "unigram": sum(w * u for w, u in zip(weights, unigram)), "unigram_per_scale": unigram}
 
 
-class VARStage:
+class VARStage(Stage):
     """Next-scale prediction on cached token maps of a frozen tokenizer (ARStage below: next-token)."""
     kind, items = "var", "tok"  # the progress bar counts tokens per second
     model_class = VAR
 
-    def __init__(self, tcfg, model_cfg, train_data, test_data, device, tokenizer_config, tokenizer_state,
-                 rank=0, world_size=1):
+    def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, tokenizer=None):
         self.tcfg, self.device = tcfg, device
-        self.tokenizer = frozen_tokenizer(tokenizer_config, tokenizer_state).to(device)
-        self.tokenizer_config, self.tokenizer_state = tokenizer_config, tokenizer_state
+        self.tokenizer_checkpoint = tokenizer  # {"tokenizer_config", "tokenizer"}: travels in every checkpoint
+        self.tokenizer = frozen_tokenizer(tokenizer["tokenizer_config"], tokenizer["tokenizer"]).to(device)
+        self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
         with rank_zero_first():  # torchrun: one process tokenizes, the others read its cache
-            train_tok, self.train_labels, test_tok, test_labels = cached_tokens(
+            train_tok, train_labels, test_tok, test_labels = cached_tokens(
                 self.tokenizer, tcfg.out_dir, train_data, test_data, device)
-        self.train_tokens = train_tok.to(device)
-        self.test_tokens, self.test_labels = test_tok[:tcfg.eval_images].to(device), test_labels[:tcfg.eval_images].to(device)
-        self.train_labels = self.train_labels.to(device)
+        self.train_tokens, self.train_labels = train_tok.to(device), train_labels.to(device)  # resident on the device
+        self.test_tokens = test_tok[:tcfg.eval_images].to(device)
+        self.test_labels = test_labels[:tcfg.eval_images].to(device)
         self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed, rank, world_size)
         self.model = self.net = self.model_class(model_cfg).to(device)
         self.items_per_step = tcfg.batch_size * self.model.seq_len
-
-    def inputs(self, tokens_BL):
-        """Teacher forcing: the transformer's inputs, built from the true token maps."""
-        with torch.no_grad():
-            return self.model.teacher_forcing_inputs(self.tokenizer.quantizer, tokens_BL)
 
     def loss(self, step):
         idx = self.sampler.indices(step).to(self.device)
         tokens, labels = self.train_tokens[idx].long(), self.train_labels[idx]
         labels = self.model.drop_labels(labels, self.sampler.uniforms(2, step))  # the null class, for CFG
         with autocast(self.device):
-            logits, loss = self.net(self.inputs(tokens), labels, tokens)
-        return loss, {"loss": loss.item(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
-
-    def after_step(self, step, optimizer):
-        return {}
+            inputs = self.model.teacher_forcing_inputs(self.tokenizer.quantizer, tokens)
+            logits, loss = self.net(inputs, labels, tokens)
+        return loss, {"loss": loss.detach(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
 
     def evaluate(self, images=None):
         """Test cross-entropy per scale (nats per token), next to each scale's unigram entropy;
@@ -193,20 +280,20 @@ class VARStage:
         return result
 
     @torch.no_grad()
-    def save_picture(self, path, per_class=8, cfg=1.5, seed=0):
+    def save_picture(self, path, per_class=8, cfg_scale=1.5, seed=0):
         self.model.eval()
         labels = torch.arange(len(CLASSES), device=self.device).repeat_interleave(per_class)
         gen = torch.Generator(self.device).manual_seed(seed)
-        idx_list = self.model.generate(self.tokenizer.quantizer, labels, cfg=cfg, generator=gen)
+        idx_list = self.model.generate(self.tokenizer.quantizer, labels, cfg_scale=cfg_scale, generator=gen)
         self.model.train()
         save_sample_grid(self.tokenizer.decode(idx_list), CLASSES, per_class, path)
 
-    def checkpoint(self):
-        """A VAR checkpoint carries its tokenizer, so sample.py needs this one file."""
-        return {"tokenizer": self.tokenizer_state, "tokenizer_config": self.tokenizer_config}
+    def state(self):
+        """A var (or ar) checkpoint carries its tokenizer, so sample.py needs this one file."""
+        return dict(self.tokenizer_checkpoint)
 
 
 class ARStage(VARStage):
-    """The AR baseline: the same stage, the model reads the single-scale token map row by row."""
+    """The AR baseline: the same stage, the model reads the token maps one token at a time."""
     kind = "ar"
     model_class = AR

@@ -1,0 +1,92 @@
+"""How minivar's commands talk to a person: one line for a bad flag, checked numbers, Ctrl-C.
+
+- OneLineParser: argparse, but a bad flag is answered with one line (what was wrong and
+  where --help is), not the usage block and a traceback.
+- Value checks used as argparse types: a flag that must be a finite positive number says
+  so at parse time, before any work starts (`--lr inf` or `--cfg-scale nan` never train or sample).
+- StopSignal: Ctrl-C (SIGINT) or SIGTERM only asks the training loop to stop; the loop
+  finishes the step it is in, saves and exits, so a checkpoint never holds half a step.
+  A second Ctrl-C quits at once, without saving.
+"""
+import argparse
+import math
+import signal
+import sys
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _number(text, kind=float):
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a{'n integer' if kind is int else ' number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: need a finite number")
+    return value
+
+
+def finite(text):
+    return _number(text)
+
+
+def positive(text):
+    value = _number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a number above 0")
+    return value
+
+
+def non_negative(text):
+    value = _number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a number of 0 or more")
+    return value
+
+
+def positive_int(text):
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need an integer of 1 or more")
+    return value
+
+
+def non_negative_int(text):
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need an integer of 0 or more")
+    return value
+
+
+def probability(text):
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need a number in (0, 1]")
+    return value
+
+
+class StopSignal:
+    """Inside `with StopSignal() as stop:`, Ctrl-C and SIGTERM set stop.requested instead of
+    raising KeyboardInterrupt wherever Python happens to be (possibly between an optimizer
+    step and the bookkeeping that goes with it). A second Ctrl-C exits at once."""
+
+    def __enter__(self):
+        self.requested = False
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def handle(self, signum, frame):
+        if self.requested:
+            print("\nsecond interrupt: quitting without saving; the last checkpoint is kept", file=sys.stderr)
+            raise SystemExit(130)
+        self.requested = True
+        print("\ninterrupt: stopping after this step, then saving (interrupt again to quit without saving)",
+              file=sys.stderr)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+        return False

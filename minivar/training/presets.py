@@ -1,0 +1,132 @@
+"""Every setting of a training run: TrainConfig (the flags of train.py), the presets that
+size each stage for a GPU, a laptop CPU or a test, and the model settings a flag can change.
+
+Settings come from three places, later ones winning: the preset, the checkpoint being
+resumed, and the flags typed (train.py).
+"""
+import argparse
+from dataclasses import dataclass, field, fields
+
+from minivar.tokenizer import TokenizerConfig
+from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int
+from minivar.training.sharpness import PerceptualConfig
+from minivar.var import VARConfig
+
+STAGES = ("perceptual", "tokenizer", "var")  # what `python train.py --stage all` runs, in order
+BASELINES = ("ar",)  # run on its own: --stage ar
+
+
+def flag(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    stage: str = flag("all", "what to train", choices=STAGES + BASELINES + ("all",))
+    preset: str = flag("gpu", "model sizes and budgets", choices=("gpu", "gpu-long", "cpu", "tiny"))
+    data_dir: str = flag("./data", "folder holding cifar-10-batches-py/ (downloaded there if absent)")
+    out_dir: str = flag("./out", "checkpoints, logs and pictures of this run")
+    device: str = flag("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    seed: int = flag(0, "seed of the initial weights and of the data order")
+    max_steps: int = flag(20_000, "optimizer steps; the learning-rate schedule ends here")
+    batch_size: int = flag(128, "global batch: under torchrun each of N processes takes batch_size / N rows")
+    lr: float = flag(1e-3, "peak learning rate, after warm-up, before the cosine decay")
+    warmup_steps: int = flag(200, "steps of linear learning-rate warm-up")
+    weight_decay: float = flag(0.0, "AdamW weight decay")
+    grad_clip: float = flag(1.0, "gradients are clipped to this norm")
+    log_every: int = flag(25, "steps between lines of <stage>_log.jsonl (and progress-bar figures)")
+    eval_every: int = flag(2000, "steps between test evaluations, each with a checkpoint and a picture")
+    eval_images: int = flag(10_000, "test images an evaluation uses")
+    reseed_every: int = flag(100, "tokenizer: steps between re-seeds of unused codes")
+    tokenizer: str = flag("", "var, ar: the tokenizer checkpoint (default: <out-dir>/tokenizer.pt)")
+    perceptual: str = flag("", "tokenizer: the perceptual network's checkpoint (default: <out-dir>/perceptual.pt)")
+    compile: bool = flag(False, "torch.compile the model (pays on a GPU; the first steps are slower)")
+    stop_at: int = flag(0, "if > 0, stop at this step with a checkpoint; the schedule still aims at --max-steps")
+    resume: bool = flag(False, "continue the run whose checkpoint is in --out-dir")
+    force: bool = flag(False, "start over, replacing the checkpoint in --out-dir")
+
+
+# The model settings a flag can change (the rest come from the preset), with the stage they belong to.
+MODEL_FLAGS = {
+    "scales": ("tokenizer", "token-map sides, e.g. 1,2,3,4,5,6,8 (VAR) or 8 (the AR baseline's tokenizer)"),
+    "adversarial_weight": ("tokenizer", "weight of the discriminator's loss (0: off)"),
+    "perceptual_weight": ("tokenizer", "weight of the perceptual loss (0: off; both 0: the plain L2 tokenizer)"),
+}
+
+# Per preset and stage: training settings, and the model's config. The GPU presets are
+# sized for one H100-class GPU (the README says what was measured).
+PRESETS = {
+    "gpu": {"perceptual": ({"max_steps": 1500, "batch_size": 256, "lr": 3e-3, "eval_every": 1500}, {}),
+            "tokenizer": ({"max_steps": 3000, "batch_size": 128, "lr": 2e-3, "eval_every": 1500},
+                          {"widths": (128, 256, 256), "res_blocks": 2, "disc_start": 1000}),
+            "var": ({"max_steps": 6000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 300,
+                     "eval_every": 3000}, {"dim": 384, "depth": 8, "heads": 6})},
+    "cpu": {"perceptual": ({"max_steps": 800, "batch_size": 128, "lr": 2e-3, "warmup_steps": 50, "eval_every": 800,
+                            "eval_images": 2000}, {}),
+            "tokenizer": ({"max_steps": 1400, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000},
+                          {"widths": (64, 128, 128), "res_blocks": 1, "disc_start": 400}),
+            "var": ({"max_steps": 1200, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100,
+                     "eval_every": 400, "eval_images": 2000}, {"dim": 192, "depth": 6, "heads": 4})},
+    "tiny": {"perceptual": ({"max_steps": 10, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "log_every": 5,
+                             "eval_every": 10, "eval_images": 64}, {"widths": (8, 16, 16)}),
+             "tokenizer": ({"max_steps": 30, "batch_size": 16, "lr": 2e-3, "warmup_steps": 5, "log_every": 5,
+                            "eval_every": 15, "eval_images": 64, "reseed_every": 10},
+                           {"widths": (16, 32, 32), "res_blocks": 1, "vocab_size": 64, "latent_dim": 8,
+                            "disc_start": 10}),
+             "var": ({"max_steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 5,
+                      "eval_every": 10, "eval_images": 64}, {"dim": 32, "depth": 2, "heads": 2})},
+}
+PRESETS["gpu-long"] = {  # the gpu preset scaled up for about an hour
+    "perceptual": PRESETS["gpu"]["perceptual"],
+    "tokenizer": ({**PRESETS["gpu"]["tokenizer"][0], "max_steps": 15_000, "eval_every": 5000},
+                  {**PRESETS["gpu"]["tokenizer"][1], "disc_start": 5000}),
+    "var": ({**PRESETS["gpu"]["var"][0], "max_steps": 30_000, "warmup_steps": 1000, "eval_every": 10_000},
+            {"dim": 512, "depth": 12, "heads": 8})}
+for _preset in PRESETS.values():  # the AR baseline gets VAR's budget: same width, depth, steps, batch
+    _preset["ar"] = _preset["var"]
+MODEL_CONFIGS = {"perceptual": PerceptualConfig, "tokenizer": TokenizerConfig, "var": VARConfig, "ar": VARConfig}
+
+
+
+def preset_default(name):
+    """--help text for a setting the preset decides: its value per preset and stage."""
+    per_preset = []
+    for preset, stages in PRESETS.items():
+        values = [str(stages[k][0].get(name, getattr(TrainConfig, name))) for k in STAGES]
+        per_preset.append(f"{preset} " + "/".join(values))
+    return "set by --preset, per stage perceptual/tokenizer/var: " + ", ".join(per_preset)
+
+
+def parse_args(doc, argv=None) -> dict:
+    """Flags for every TrainConfig field and MODEL_FLAGS. Only the flags actually typed are returned."""
+    parser = OneLineParser(prog="python train.py", description=doc.split("\n\n")[0], epilog=doc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    checks = {"seed": int, "warmup_steps": non_negative_int, "stop_at": non_negative_int, "weight_decay": non_negative,
+              "lr": positive, "grad_clip": positive}
+    for f in fields(TrainConfig):
+        option, meta = "--" + f.name.replace("_", "-"), f.metadata
+        if f.type in (bool, "bool"):
+            parser.add_argument(option, action="store_true", default=None, help=meta["help"])
+            continue
+        decided = any(f.name in stages[k][0] for stages in PRESETS.values() for k in STAGES)
+        kind = checks.get(f.name, positive_int if f.type in (int, "int") else str)
+        parser.add_argument(option, type=kind, default=None, choices=meta.get("choices"), metavar=None if "choices" in meta else f.name.upper(),
+                            help=f"{meta['help']} (default: {preset_default(f.name) if decided else f.default})")
+    parser.add_argument("--scales", type=parse_scales, metavar="SIDES",
+                        help=f"tokenizer: {MODEL_FLAGS['scales'][1]} (default: 1,2,3,4,5,6,8)")
+    for name in ("adversarial_weight", "perceptual_weight"):
+        parser.add_argument("--" + name.replace("_", "-"), type=non_negative, metavar="W",
+                            help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {getattr(TokenizerConfig, name)})")
+    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+
+
+def parse_scales(text):
+    """'1,2,3,4,5,6,8' -> (1, 2, 3, 4, 5, 6, 8): increasing sides ending at the 8×8 latent."""
+    try:
+        scales = tuple(int(s) for s in text.split(","))
+    except ValueError:
+        scales = ()
+    if not scales or scales[0] < 1 or any(a >= b for a, b in zip(scales, scales[1:])) or scales[-1] != 8:
+        raise argparse.ArgumentTypeError(f"{text}: give increasing sides ending at 8 (the tokenizer's latent is 8×8), "
+                                         "e.g. 1,2,3,4,5,6,8 (VAR) or 8 (AR)")
+    return scales
