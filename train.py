@@ -142,9 +142,9 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
 
     def check_finite():
         if first_bad.item() >= 0:
-            raise Diverged(f"the {kind} loss stopped being a finite number at step {first_bad.item()}: training "
-                           f"diverged (learning rate {cfg.lr:g}); lower --lr or --grad-clip. {ckpt_path} was not "
-                           "overwritten")
+            raise Diverged(f"the {kind} loss was not a finite number at step {first_bad.item() + 1}: training "
+                           f"diverged (peak learning rate {cfg.lr:g}); lower --lr or --grad-clip. {ckpt_path} was "
+                           "not overwritten")
 
     with StopSignal() as stop:  # Ctrl-C (or SIGTERM) ends the loop at the next step boundary
         while step < last_step and not distributed.any_rank(stop.requested):
@@ -226,13 +226,16 @@ def fmt(v, names=None):
 
 
 def stages_to_run(stage, cli):
-    """`all`: perceptual (when the tokenizer's perceptual loss is on and no --perceptual file is
-    given), tokenizer, var. Anything else: that stage alone."""
-    if stage != "all":
-        return [stage]
+    """The stages `--stage` names, in order (`all`: perceptual, tokenizer, var). The perceptual
+    network runs first wherever a new tokenizer needs it and none is there yet."""
+    kinds = list(STAGES) if stage == "all" else [stage]
     tokenizer_cfg = TokenizerConfig(**PRESETS[cli.get("preset", TrainConfig.preset)]["tokenizer"][1])
-    needs_perceptual = cli.get("perceptual_weight", tokenizer_cfg.perceptual_weight) > 0 and not cli.get("perceptual")
-    return [k for k in STAGES if k != "perceptual" or needs_perceptual]
+    out_dir = Path(cli.get("out_dir", TrainConfig.out_dir))
+    needed = ("tokenizer" in kinds and cli.get("perceptual_weight", tokenizer_cfg.perceptual_weight) > 0
+              and not cli.get("perceptual") and not (cli.get("resume") and (out_dir / "tokenizer.pt").exists()))
+    if needed and stage != "all" and not (out_dir / "perceptual.pt").exists():
+        kinds.insert(0, "perceptual")
+    return [k for k in kinds if k != "perceptual" or needed or stage == "perceptual"]
 
 
 def main(argv=None):
@@ -248,7 +251,9 @@ def main(argv=None):
             device_name = distributed.setup(cli.get("device", "auto"))
         for kind in stages_to_run(stage, cli):
             path, resume = Path(cli.get("out_dir", TrainConfig.out_dir)) / f"{kind}.pt", cli.get("resume", False)
-            if stage == "all" and path.exists() and not cli.get("force"):
+            if kind != stage and not path.exists():  # a stage `all` runs, or one the tokenizer needs: new
+                resume = False
+            elif kind != stage and not cli.get("force"):  # already there: continued if unfinished, else skipped
                 if load_checkpoint(path, kind).get("finished") and not resume:
                     if distributed.world()[0] == 0:
                         print(f"{kind}: {path} is finished, skipping (--force retrains it, --resume extends it)")

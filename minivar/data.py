@@ -4,7 +4,11 @@
   batches.meta) inside `<data_dir>/cifar-10-batches-py/`.
 - Download: the official tarball, md5-checked, extracted into a temporary folder and
   renamed into place, so an interrupted or corrupt download never leaves a broken
-  data directory behind.
+  data directory behind (nor an empty one).
+- Reading: the batches are pickles, and a pickle can run code. They are read with an
+  unpickler that builds only what the format holds (dicts, lists, strings, numbers and
+  numpy arrays), then checked (keys, dtype, shape, labels); each file is also compared with
+  the official checksums, which re-encoded copies fail, so a mismatch is only a notice.
 - Batches: the whole split lives on the device as uint8 (150 MB for train). The
   order of every epoch is a fixed function of (seed, epoch) and the flips of a batch
   a fixed function of (seed, step): resuming at step t gives exactly the batches an
@@ -17,6 +21,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -32,6 +37,10 @@ CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR_FOLDER = "cifar-10-batches-py"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLIT_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+OFFICIAL_MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+                "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
+                "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}
+_checked = set()  # folders already compared with OFFICIAL_MD5 in this process
 
 
 class DataError(Exception):
@@ -47,34 +56,84 @@ def cifar_folder(data_dir) -> Path:
 
 
 def download_cifar10(data_dir, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> Path:
-    """Download and extract the official tarball into data_dir; returns the batch folder."""
+    """Download and extract the official tarball into data_dir; returns the batch folder.
+    Folders it had to create are removed again if the download fails."""
     data_dir = Path(data_dir)
+    created = [p for p in [data_dir, *data_dir.parents] if not p.exists()]
     data_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
-        tarball = Path(tmp) / "cifar-10-python.tar.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response, open(tarball, "wb") as out:
-                total = int(response.headers.get("Content-Length", 0)) or None
-                with tqdm(total=total, unit="B", unit_scale=True, desc="downloading CIFAR-10") as bar:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        bar.update(len(chunk))
-        except OSError as e:  # URLError, timeouts, refused connections are all OSErrors
-            raise DataError(f"could not download CIFAR-10 from {url} ({getattr(e, 'reason', e)}); "
-                            f"without internet, copy the 'cifar-10-batches-py' folder of the official "
-                            f"python release into {data_dir} or pass --data-dir to where it is") from None
-        digest = hashlib.md5(tarball.read_bytes()).hexdigest()
-        if digest != md5:
-            raise DataError(f"downloaded CIFAR-10 has md5 {digest}, expected {md5}: the download is corrupt; "
-                            f"run again to retry")
-        with tarfile.open(tarball) as tar:
-            tar.extractall(tmp, filter="data")
-        shutil.move(str(Path(tmp) / CIFAR_FOLDER), str(data_dir / CIFAR_FOLDER))  # whole folder or nothing
+    try:
+        with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
+            tarball = Path(tmp) / "cifar-10-python.tar.gz"
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response, open(tarball, "wb") as out:
+                    total = int(response.headers.get("Content-Length", 0)) or None
+                    with tqdm(total=total, unit="B", unit_scale=True, desc="downloading CIFAR-10") as bar:
+                        while chunk := response.read(1 << 20):
+                            out.write(chunk)
+                            bar.update(len(chunk))
+            except OSError as e:  # URLError, timeouts, refused connections are all OSErrors
+                raise DataError(f"could not download CIFAR-10 from {url} ({getattr(e, 'reason', e)}); "
+                                f"without internet, copy the 'cifar-10-batches-py' folder of the official "
+                                f"python release into {data_dir} or pass --data-dir to where it is") from None
+            digest = hashlib.md5(tarball.read_bytes()).hexdigest()
+            if digest != md5:
+                raise DataError(f"downloaded CIFAR-10 has md5 {digest}, expected {md5}: the download is corrupt; "
+                                f"run again to retry")
+            with tarfile.open(tarball) as tar:
+                tar.extractall(tmp, filter="data")
+            shutil.move(str(Path(tmp) / CIFAR_FOLDER), str(data_dir / CIFAR_FOLDER))  # whole folder or nothing
+    except BaseException:
+        for folder in created:  # innermost first: only the folders this call made, if still empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return data_dir / CIFAR_FOLDER
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what a CIFAR-10 batch holds; any other class (os.system, say) is refused."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def read_batch(path: Path):
+    """(images uint8 N×3×32×32, labels int64 N) of one batch file, read safely and checked."""
+    with open(path, "rb") as f:
+        batch = _BatchUnpickler(f, encoding="bytes").load()
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise ValueError("it is not a dict with b'data' and b'labels'")
+    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"its data is {getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}, "
+                         "not uint8 N×3072")
+    if labels.shape != (len(data),) or len(data) == 0 or labels.dtype.kind not in "iu" or \
+            labels.min() < 0 or labels.max() >= len(CLASSES):
+        raise ValueError(f"its labels are not {len(data)} integers from 0 to {len(CLASSES) - 1}")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def check_official(folder: Path, names):
+    """One notice, once per folder, if its files are not byte for byte the official ones."""
+    if folder in _checked:
+        return
+    _checked.add(folder)
+    differ = [n for n in names if hashlib.md5((folder / n).read_bytes()).hexdigest() != OFFICIAL_MD5.get(n)]
+    if differ:
+        print(f"note: {', '.join(differ)} in {folder} {'differs' if len(differ) == 1 else 'differ'} from the "
+              "official CIFAR-10 release (md5); "
+              "used as they are (re-encoded copies exist)", file=sys.stderr)
 
 
 def load_cifar10(data_dir, split: str, download: bool = True):
     """Return (images uint8 N×3×32×32, labels int64 N) for split 'train' or 'test'."""
+    data_dir = Path(data_dir)
+    if data_dir.exists() and not data_dir.is_dir():
+        raise DataError(f"--data-dir {data_dir} is a file, not a folder")
     folder = cifar_folder(data_dir)
     if not folder.is_dir():
         if not download:
@@ -85,17 +144,17 @@ def load_cifar10(data_dir, split: str, download: bool = True):
     for name in SPLIT_FILES[split]:
         path = folder / name
         try:
-            with open(path, "rb") as f:
-                batch = pickle.load(f, encoding="bytes")
-            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            x, y = read_batch(path)
         except FileNotFoundError:
             raise DataError(f"{path} is missing: {folder} is not a complete CIFAR-10 copy; "
                             f"delete it to download again, or pass --data-dir to a complete one") from None
-        except Exception as e:
-            raise DataError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}); "
-                            f"delete {folder} to download again, or pass --data-dir to a good copy") from None
-    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+        except Exception as e:  # refused, truncated, or not what the format holds
+            raise DataError(f"{path} is not a valid CIFAR-10 batch: {e}; delete {folder} to download again, "
+                            f"or pass --data-dir to a good copy") from None
+        images.append(x)
+        labels.append(y)
+    check_official(folder, SPLIT_FILES[split])
+    return torch.cat(images), torch.cat(labels)
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:

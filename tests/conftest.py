@@ -22,9 +22,9 @@ def write_fake_cifar(folder: Path, n_train=200, n_test=100, seed=0):
 
     per_batch = n_train // 5
     for i in range(5):
-        batch = {b"data": images(per_batch), b"labels": list(rng.integers(0, 10, per_batch)), b"batch_label": b"fake"}
+        batch = {b"data": images(per_batch), b"labels": rng.integers(0, 10, per_batch).tolist(), b"batch_label": b"fake"}
         (folder / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch))
-    test = {b"data": images(n_test), b"labels": list(rng.integers(0, 10, n_test)), b"batch_label": b"fake"}
+    test = {b"data": images(n_test), b"labels": rng.integers(0, 10, n_test).tolist(), b"batch_label": b"fake"}
     (folder / "test_batch").write_bytes(pickle.dumps(test))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane"] * 10}))
     return folder

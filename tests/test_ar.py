@@ -1,27 +1,34 @@
-"""The AR baseline: VAR's machinery with blocks of one token (ar.py)."""
+"""The AR baseline: VAR's machinery with blocks of one token (ar.py), on one map or on VAR's scales."""
 import pytest
 import torch
 
 from minivar.ar import AR
-from minivar.quantizer import MultiScaleQuantizer
+from minivar.quantizer import MultiScaleQuantizer, flatten_scales
+from minivar.studies.complexity import generate_without_cache
 from minivar.var import VARConfig
+from tests.test_var import conditional_logits_while_sampling
 
 SIDE, VOCAB = 4, 32
 
 
-def tiny_ar(seed=0):
+def tiny_ar(seed=0, scales=(SIDE,)):
     torch.manual_seed(seed)
-    model = AR(VARConfig(scales=(SIDE,), vocab_size=VOCAB, latent_dim=8, dim=32, depth=2, heads=2)).eval()
+    model = AR(VARConfig(scales=scales, vocab_size=VOCAB, latent_dim=8, dim=32, depth=2, heads=2)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "ada" in name:  # leave no path at zero (adaLN-Zero would hide bugs)
                 p.normal_(0, 0.05)
-    return model, MultiScaleQuantizer(VOCAB, 8, (SIDE,)).eval()
+    return model, MultiScaleQuantizer(VOCAB, 8, scales).eval()
 
 
-def test_ar_refuses_a_multi_scale_config():
-    with pytest.raises(ValueError, match="single-scale"):
-        AR(VARConfig(scales=(1, 2, 4)))
+def test_over_multi_scale_tokens_it_is_token_causal_over_the_same_sequence():
+    model, q = tiny_ar(scales=(1, 2, 4))
+    assert model.seq_len == 1 + 4 + 16 and model.block_sizes == [1] * 21  # VAR's tokens, one per step
+    assert torch.equal(model.mask_LL, torch.ones(21, 21, dtype=torch.bool).tril())
+    idx_list = model.generate(q, torch.tensor([3, 8]), cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
+    assert [idx.shape[-1] for idx in idx_list] == [1, 2, 4]
+    weights = [model.guidance_weight(k, 2.0) for k in range(21)]  # follows the scale of the token drawn
+    assert weights == [0.0] + [1.0] * 4 + [2.0] * 16
 
 
 def test_inputs_are_the_targets_shifted_by_one():
@@ -44,32 +51,28 @@ def test_changing_a_token_never_changes_earlier_logits(j):
     assert not torch.allclose(out[:, j + 1:], out2[:, j + 1:], atol=1e-4)
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_sampling_logits_equal_one_full_causal_pass(use_cache):
-    model, q = tiny_ar()
+@pytest.mark.parametrize("scales", [(SIDE,), (1, 2, 4)])
+def test_sampling_logits_equal_one_full_causal_pass(scales):
+    model, q = tiny_ar(scales=scales)
     labels = torch.tensor([1, 4, 9])
-    idx_list, logits = model.generate(q, labels, cfg=0.0, return_logits=True, use_cache=use_cache,
-                                      generator=torch.Generator().manual_seed(0))
-    assert len(idx_list) == 1 and idx_list[0].shape == (3, SIDE, SIDE) and len(logits) == SIDE * SIDE
-    full, _ = model(model.teacher_forcing_inputs(q, idx_list[0].flatten(1)), labels)
-    assert torch.allclose(torch.cat(logits, dim=1), full, atol=1e-5, rtol=1e-5)
+    idx_list, logits = conditional_logits_while_sampling(model, q, labels, cfg_scale=0.0,
+                                                         generator=torch.Generator().manual_seed(0))
+    assert len(idx_list) == len(scales) and logits.shape[1] == model.seq_len
+    full, _ = model(model.teacher_forcing_inputs(q, flatten_scales(idx_list)), labels)
+    assert torch.allclose(logits, full, atol=1e-5, rtol=1e-5)
 
 
 def test_cache_and_no_cache_give_the_same_samples_with_cfg():
     model, q = tiny_ar()
     labels = torch.tensor([0, 5])
-    a = model.generate(q, labels, cfg=2.0, generator=torch.Generator().manual_seed(3))[0]
-    b = model.generate(q, labels, cfg=2.0, generator=torch.Generator().manual_seed(3), use_cache=False)[0]
+    a = model.generate(q, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(3))[0]
+    b = generate_without_cache(model, q, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(3))[0]
     assert torch.equal(a, b)
 
 
-def test_cfg_is_constant_over_positions_and_really_guides():
-    model, q = tiny_ar()
-    labels = torch.tensor([2, 6])
-    idx_list, guided = model.generate(q, labels, cfg=3.0, return_logits=True)
-    cond, _ = model(model.teacher_forcing_inputs(q, idx_list[0].flatten(1)), labels)
+def test_cfg_is_constant_over_positions_of_one_map():
+    model, _ = tiny_ar()
     assert model.guidance_weight(0, 3.0) == model.guidance_weight(15, 3.0) == 3.0
-    assert not torch.allclose(guided[0], cond[:, :1], atol=1e-3)  # guided from the first token on
 
 
 def test_loss_falls_on_a_tiny_batch():

@@ -30,10 +30,10 @@ def test_kept_tokens_equal_the_source_at_every_scale_and_the_region_changes(mode
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     labels = torch.tensor([2, 5, 2]) if mode == "classedit" else torch.tensor([1, 1, 1])
     box = (8, 8, 24, 24)
-    edited, source_BL, keep_L = edit(var, tok, images, labels, box, mode, cfg=1.0,
+    edited, source_BL, keep_L = edit(var, tok, images, labels, box, mode, cfg_scale=1.0,
                                      generator=torch.Generator().manual_seed(0))
     # the same draw again, to read the tokens (decoding, then re-encoding, is lossy)
-    idx_list = var.generate(tok.quantizer, labels, cfg=1.0, generator=torch.Generator().manual_seed(0),
+    idx_list = var.generate(tok.quantizer, labels, cfg_scale=1.0, generator=torch.Generator().manual_seed(0),
                             keep=(source_BL, keep_L[None].expand_as(source_BL)))
     result_BL = flatten_scales(idx_list)
     assert torch.equal(result_BL[:, keep_L], source_BL[:, keep_L])  # exactly, at every scale
@@ -62,8 +62,8 @@ def test_a_bad_box_or_mode_is_refused():
 def test_rejection_with_one_candidate_is_plain_sampling():
     tok, var = tiny_models()
     labels = torch.tensor([0, 3, 3, 9])
-    plain = var.generate(tok.quantizer, labels, cfg=1.5, generator=torch.Generator().manual_seed(4))
-    kept, scores = generate_best_of(var, tok.quantizer, labels, 1, cfg=1.5, generator=torch.Generator().manual_seed(4))
+    plain = var.generate(tok.quantizer, labels, cfg_scale=1.5, generator=torch.Generator().manual_seed(4))
+    kept, scores = generate_best_of(var, tok.quantizer, labels, 1, cfg_scale=1.5, generator=torch.Generator().manual_seed(4))
     assert all(torch.equal(a, b) for a, b in zip(plain, kept)) and scores.shape == (4, 1)
 
 
@@ -72,7 +72,7 @@ def test_rejection_keeps_the_candidate_with_the_highest_score(which):
     tok, var = tiny_models()
     model, quantizer = (var, tok.quantizer) if which == "var" else tiny_ar()
     labels = torch.tensor([1, 6, 6])
-    kept, scores = generate_best_of(model, quantizer, labels, 5, cfg=1.0, generator=torch.Generator().manual_seed(2))
+    kept, scores = generate_best_of(model, quantizer, labels, 5, cfg_scale=1.0, generator=torch.Generator().manual_seed(2))
     assert scores.shape == (3, 5) and scores.std() > 0
     kept_scores = implicit_classifier_score(model, quantizer, kept, labels)
     assert torch.allclose(kept_scores, scores.max(1).values, atol=1e-4)

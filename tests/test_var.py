@@ -1,9 +1,12 @@
+"""VAR: the block-causal mask, teacher forcing, cached sampling with CFG (var.py, sampling.py)."""
 import pytest
 import torch
 
+import minivar.var
 from minivar.mask import block_causal_mask, scale_block_sizes
 from minivar.quantizer import flatten_scales, split_scales
 from minivar.sampling import guided_logits, sample_tokens
+from minivar.studies.complexity import generate_without_cache
 from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.var import VAR, VARConfig
 
@@ -43,7 +46,7 @@ def random_tokens(B, vocab=32, seed=0):
 def test_finer_inputs_never_change_coarser_logits(block):
     tok, var = tiny_models()
     labels = torch.tensor([3, 7])
-    x = tok.teacher_forcing_inputs(random_tokens(2))
+    x = var.teacher_forcing_inputs(tok.quantizer, flatten_scales(random_tokens(2)))
     starts = torch.tensor([0] + [s * s for s in SCALES]).cumsum(0)  # sequence offsets of each block
     x2 = x.clone()
     x2[:, starts[block] - 1:starts[block + 1] - 1] += 1.0  # inputs of `block` (x has no class-token slot)
@@ -53,40 +56,51 @@ def test_finer_inputs_never_change_coarser_logits(block):
     assert not torch.allclose(out[:, starts[block]:], out2[:, starts[block]:], atol=1e-4)
 
 
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_sampling_logits_equal_one_full_masked_pass(use_cache):
+def conditional_logits_while_sampling(model, quantizer, labels, **sampling):
+    """Sample, recording the head's conditional logits (the first half of the CFG batch) at every step."""
+    seen = []
+    hook = model.head.register_forward_hook(lambda m, inp, out: seen.append(out[:len(labels)]))
+    idx_list = model.generate(quantizer, labels, **sampling)
+    hook.remove()
+    return idx_list, torch.cat(seen, dim=1)
+
+
+def test_sampling_logits_equal_one_full_masked_pass():
     tok, var = tiny_models()
     labels = torch.tensor([1, 4, 9])
-    idx_list, logits_list = var.generate(tok.quantizer, labels, cfg=0.0, return_logits=True, use_cache=use_cache,
-                                         generator=torch.Generator().manual_seed(0))
-    full, _ = var(tok.teacher_forcing_inputs(idx_list), labels)
-    assert torch.allclose(torch.cat(logits_list, dim=1), full, atol=1e-5, rtol=1e-5)
+    idx_list, logits = conditional_logits_while_sampling(var, tok.quantizer, labels,
+                                                         generator=torch.Generator().manual_seed(0))
+    full, _ = var(var.teacher_forcing_inputs(tok.quantizer, flatten_scales(idx_list)), labels)
+    assert torch.allclose(logits, full, atol=1e-5, rtol=1e-5)
 
 
 def test_cache_and_no_cache_give_the_same_samples():
     tok, var = tiny_models()
     labels = torch.tensor([0, 5])
-    a = var.generate(tok.quantizer, labels, cfg=2.0, generator=torch.Generator().manual_seed(3))
-    b = var.generate(tok.quantizer, labels, cfg=2.0, generator=torch.Generator().manual_seed(3), use_cache=False)
+    a = var.generate(tok.quantizer, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(3))
+    b = generate_without_cache(var, tok.quantizer, labels, cfg_scale=2.0, generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-def test_cfg_weight_zero_is_conditional_and_nonzero_guides():
+def test_cfg_mixes_class_and_null_class_with_a_linear_ramp(monkeypatch):
     cond, uncond = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
     assert torch.equal(guided_logits(torch.cat([cond, uncond]), 0.0), cond)
     assert torch.allclose(guided_logits(torch.cat([cond, uncond]), 2.0), 3 * cond - 2 * uncond)
 
     tok, var = tiny_models()
-    labels = torch.tensor([2, 6])
-    seen = []
-    hook = var.class_emb.register_forward_hook(lambda m, inp, out: seen.append(inp[0].clone()))
-    idx_list, guided = var.generate(tok.quantizer, labels, cfg=3.0, return_logits=True)
-    hook.remove()
-    assert torch.equal(seen[0], torch.tensor([2, 6, 10, 10]))  # [classes; null class] in one doubled batch
-    cond_logits, _ = var(tok.teacher_forcing_inputs(idx_list), labels)
-    first, last = slice(0, 1), slice(cond_logits.shape[1] - SCALES[-1] ** 2, None)
-    assert torch.allclose(guided[0], cond_logits[:, first], atol=1e-5)  # weight 0 at the first scale
-    assert not torch.allclose(guided[-1], cond_logits[:, last], atol=1e-3)  # weight 3 at the last
+    classes, head_outputs, sampled_from = [], [], []
+    var.class_emb.register_forward_hook(lambda m, inp, out: classes.append(inp[0].clone()))
+    var.head.register_forward_hook(lambda m, inp, out: head_outputs.append(out))
+    monkeypatch.setattr(minivar.var, "sample_tokens", lambda logits, *args: sampled_from.append(logits)
+                        or torch.zeros(logits.shape[:-1], dtype=torch.long))
+    var.generate(tok.quantizer, torch.tensor([2, 6]), cfg_scale=3.0)
+    assert torch.equal(classes[0], torch.tensor([2, 6, 10, 10]))  # [classes; null class] in one doubled batch
+    K = len(SCALES)
+    for k, (out, guided) in enumerate(zip(head_outputs, sampled_from)):
+        w = 3.0 * k / (K - 1)  # 0 at the 1×1 map, rising linearly to 3 at the last scale
+        c, u = out.chunk(2)
+        assert torch.allclose(guided, (1 + w) * c - w * u, atol=1e-5), k
+    assert not torch.allclose(sampled_from[-1], head_outputs[-1].chunk(2)[0], atol=1e-3)  # really guided
 
 
 def test_same_seed_same_samples_and_different_seed_differs():
@@ -100,9 +114,8 @@ def test_loss_falls_on_a_tiny_batch():
     tok, var = tiny_models()
     var.train()
     idx_list = random_tokens(8, seed=1)
-    with torch.no_grad():  # the tokenizer is frozen: its features are data here
-        x = tok.teacher_forcing_inputs(idx_list)
     targets, labels = flatten_scales(idx_list), torch.arange(8)
+    x = var.teacher_forcing_inputs(tok.quantizer, targets)  # no gradient: the tokenizer is frozen
     opt = torch.optim.AdamW(var.parameters(), lr=3e-3)
     losses = []
     for _ in range(150):

@@ -9,6 +9,7 @@ A sample's K token maps are stored flattened and concatenated (row-major within 
 scale, coarse to fine): one row of L = Σ s_k² ints, the same order as VAR's sequence.
 """
 import hashlib
+import sys
 from pathlib import Path
 
 import torch
@@ -37,7 +38,10 @@ def cached_tokens(tokenizer, cache_dir, train_data, test_data, device):
     fingerprint.update(f"{len(train_data[0])},{len(test_data[0])}".encode())
     cache = Path(cache_dir) / f"tokens-{fingerprint.hexdigest()[:12]}.pt"
     if cache.is_file():
-        return torch.load(cache, weights_only=True)
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception:  # cut short or damaged: it is only a cache
+            print(f"note: the token cache {cache} is damaged; rebuilding it", file=sys.stderr)
     was_training = tokenizer.training
     tokenizer.eval()
     (train_x, train_y), (test_x, test_y) = train_data, test_data
