@@ -28,15 +28,9 @@ from minivar.training.checkpoint import CheckpointError, generator_from_checkpoi
 from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
 from minivar.training.device import autocast, pick_device
 from minivar.training.plots import save_sample_grid
+from minivar.training.workspace import generator_checkpoint
 
-SHIPPED = Path(__file__).resolve().parent / "checkpoints" / "var_cpu.pt"  # trained on CIFAR-10, see README
 SAMPLING_DEFAULTS = {"cfg_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 1.0}  # for a checkpoint with none
-
-
-def default_checkpoint(out_dir="out"):
-    """Your own run if there is one (train.py writes out/var.pt), else the shipped model."""
-    own = Path(out_dir) / "var.pt"
-    return own if own.is_file() or not SHIPPED.is_file() else SHIPPED
 
 
 def parse_classes(text, num_classes):
@@ -142,7 +136,7 @@ def main(argv=None):
         if Path(args.out).suffix.lower() != ".png":
             raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png path")
         device = pick_device(args.device)
-        args.ckpt = args.ckpt or default_checkpoint()
+        args.ckpt = args.ckpt or generator_checkpoint("out") or "out/var.pt"  # your run (./out), else the shipped one
         ckpt = load_checkpoint(args.ckpt)
         model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device)
         recommended = {**SAMPLING_DEFAULTS, **ckpt.get("sampling", {})}
