@@ -173,13 +173,14 @@ class EpochSampler:
     A pure function of (seed, step): each epoch's order comes from a generator seeded
     with (seed, epoch), so resuming at step t needs no saved loader state.
     `rank`/`world_size` give each data-parallel process a disjoint slice of the batch.
+    Everything it returns is already on `device`, copied without waiting for the GPU.
     """
 
-    def __init__(self, n_rows, batch_size, seed=0, rank=0, world_size=1):
+    def __init__(self, n_rows, batch_size, seed=0, rank=0, world_size=1, device="cpu"):
         if batch_size > n_rows:
             raise DataError(f"batch size {batch_size} is larger than the data ({n_rows} rows); use a smaller --batch-size")
         self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.batches_per_epoch = n_rows // batch_size  # drop the ragged last batch
         self._epoch, self._order = None, None
 
@@ -190,7 +191,8 @@ class EpochSampler:
     def indices(self, step: int) -> torch.Tensor:
         epoch, i = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:  # a new permutation once per epoch
-            self._epoch, self._order = epoch, torch.randperm(self.n_rows, generator=self.generator(0, epoch))
+            order = torch.randperm(self.n_rows, generator=self.generator(0, epoch))
+            self._epoch, self._order = epoch, self.to_device(order)
         idx = self._order[i * self.batch_size:(i + 1) * self.batch_size]
         return idx.chunk(self.world_size)[self.rank]
 
@@ -199,7 +201,14 @@ class EpochSampler:
         the whole batch, then sliced like the indices: under torchrun every row gets the
         number it would get in a single process (flips, class dropout)."""
         u = torch.rand(self.batch_size, generator=self.generator(stream, step))
-        return u.chunk(self.world_size)[self.rank]
+        return self.to_device(u.chunk(self.world_size)[self.rank])
+
+    def to_device(self, t):
+        """A plain copy to a GPU waits for every kernel queued before it; from pinned memory
+        with non_blocking it does not, and the training loop keeps the GPU busy."""
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
 
 
 class Batches:
@@ -207,15 +216,15 @@ class Batches:
     The flips of a step come from a generator seeded with (seed, step)."""
 
     def __init__(self, images_uint8, labels, batch_size, device, seed=0, flip=True, rank=0, world_size=1):
-        self.sampler = EpochSampler(len(images_uint8), batch_size, seed, rank, world_size)
+        self.sampler = EpochSampler(len(images_uint8), batch_size, seed, rank, world_size, device)
         self.images, self.labels, self.flip = images_uint8.to(device), labels.to(device), flip
 
     def batch(self, step: int):
-        idx = self.sampler.indices(step).to(self.images.device)
+        idx = self.sampler.indices(step)
         x = to_float(self.images[idx])
         if self.flip:
             flip = self.sampler.uniforms(1, step) < 0.5
-            x = torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+            x = torch.where(flip[:, None, None, None], x.flip(3), x)
         return x, self.labels[idx]
 
 

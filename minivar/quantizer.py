@@ -111,7 +111,7 @@ class MultiScaleQuantizer(nn.Module):
             vq_loss = vq_loss + self.beta * F.mse_loss(f_hat.detach(), f_BChw) + F.mse_loss(f_hat, f_BChw.detach())
             idx_list.append(idx_Bss)
             if self.training:
-                self.hits_KV[k] += torch.bincount(idx_Bss.flatten(), minlength=self.hits_KV.shape[1])
+                self.hits_KV[k].index_add_(0, idx_Bss.flatten(), torch.ones(idx_Bss.numel(), device=f_BChw.device))
         # Straight-through estimator: the forward value is f_hat, the gradient flows to f unchanged.
         f_hat_st = f_BChw + (f_hat - f_BChw).detach()
         return f_hat_st, idx_list, vq_loss / len(self.scales)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from minivar.mask import block_causal_mask, scale_block_sizes
 from minivar.quantizer import split_scales
 from minivar.sampling import KVCache, guided_logits, sample_tokens
-from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
+from minivar.transformer import AdaLNBlock, AdaLNHead, attention_mask, init_weights
 
 
 @dataclass
@@ -36,6 +36,7 @@ class VARConfig:  # also the AR baseline's (ar.py)
     heads: int = 4
     mlp_ratio: int = 4
     class_dropout: float = 0.1  # training: a label becomes the null class with this probability
+    attention: str = "sdpa"  # full passes: "sdpa" (the dense mask, the reference) or "flex" (transformer.py)
 
 
 class VAR(nn.Module):
@@ -114,8 +115,9 @@ class VAR(nn.Module):
         """
         cond_BD = self.class_emb(labels_B)
         h = self.embed(x_BLC, cond_BD, start=0)
+        mask = attention_mask(self.cfg.attention, self.block_sizes, self.mask_LL)  # dense, causal or FlexAttention's
         for block in self.blocks:
-            h = block(h, block.modulation(cond_BD), self.mask_LL)
+            h = block(h, block.modulation(cond_BD), mask)
         logits_BLV = self.head(h, self.head.modulation(cond_BD))
         loss = None
         if targets_BL is not None:
@@ -131,8 +133,9 @@ class VAR(nn.Module):
     def loss_per_scale(self, logits_BLV, targets_BL):
         """Mean cross-entropy of each scale's tokens (nats), a tensor of K numbers."""
         ce_BL = F.cross_entropy(logits_BLV.transpose(1, 2).float(), targets_BL, reduction="none")
-        per_level = torch.zeros(len(self.cfg.scales), device=ce_BL.device).index_add_(0, self.level_L, ce_BL.sum(0))
-        return per_level / (len(ce_BL) * torch.tensor(scale_block_sizes(self.cfg.scales), device=ce_BL.device))
+        zeros_K = torch.zeros(len(self.cfg.scales), device=ce_BL.device)
+        sums_K = zeros_K.index_add(0, self.level_L, ce_BL.sum(0))  # (index_add, not bincount: no wait for a GPU)
+        return sums_K / (len(ce_BL) * zeros_K.index_add(0, self.level_L, torch.ones_like(ce_BL[0])))
 
     @torch.no_grad()
     def generate(self, quantizer, labels_B, cfg_scale=1.5, temperature=1.0, top_k=0, top_p=1.0, generator=None,

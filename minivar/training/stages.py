@@ -257,12 +257,12 @@ class VARStage(Stage):
         self.train_tokens, self.train_labels = train_tok.to(device), train_labels.to(device)  # resident on the device
         self.test_tokens = test_tok[:tcfg.eval_images].to(device)
         self.test_labels = test_labels[:tcfg.eval_images].to(device)
-        self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed, rank, world_size)
+        self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed, rank, world_size, device)
         self.model = self.net = self.model_class(model_cfg).to(device)
         self.items_per_step = tcfg.batch_size * self.model.seq_len
 
     def loss(self, step):
-        idx = self.sampler.indices(step).to(self.device)
+        idx = self.sampler.indices(step)
         tokens, labels = self.train_tokens[idx].long(), self.train_labels[idx]
         labels = self.model.drop_labels(labels, self.sampler.uniforms(2, step))  # the null class, for CFG
         with autocast(self.device):
