@@ -1,7 +1,7 @@
 """Benchmarks: measure, print a table, write JSON. Tests check correctness; these measure.
 
-    python -m minivar.studies.bench tokenizer --ckpt out/tokenizer.pt --data-dir ../shared/data
-    python -m minivar.studies.bench var --ckpt out/var.pt --data-dir ../shared/data
+    python -m minivar.studies.bench tokenizer --ckpt out/tokenizer.pt
+    python -m minivar.studies.bench var --ckpt out/var.pt
     python -m minivar.studies.bench var --random          # speed only, random weights, no data needed
 
 tokenizer: test PSNR (final and after each scale), codebook usage per scale, parameters,
@@ -13,7 +13,6 @@ forward+backward; sampling images/s at batch 64 and latency at batch 1, with and
 the KV cache.
 """
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
@@ -26,7 +25,8 @@ from minivar.data import DataError, iterate_in_order, load_cifar10
 from minivar.quantizer import flatten_scales
 from minivar.studies.complexity import generate_without_cache
 from minivar.tokenizer import psnr
-from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, load_generator
+from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, load_generator, save_json
+from minivar.training.cli import OneLineParser, positive_int
 from minivar.training.device import describe_machine, pick_device
 from minivar.training.stages import test_cross_entropy
 from minivar.training.tokens import tokenize
@@ -155,19 +155,24 @@ def bench_var(args, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="minivar benchmarks: print a table, write JSON")
-    p.add_argument("what", choices=["tokenizer", "var"])
-    p.add_argument("--ckpt", help="checkpoint to measure")
-    p.add_argument("--data-dir", default="./data")
-    p.add_argument("--n", type=int, default=10_000, help="test images for quality figures")
-    p.add_argument("--device", default="auto")
+    p = OneLineParser(prog="python -m minivar.studies.bench", description=__doc__.split("\n\n")[0], epilog=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("what", choices=["tokenizer", "var"], help="what to measure")
+    p.add_argument("--ckpt", help="the checkpoint to measure (var: a var or ar checkpoint)")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (default: ./data)")
+    p.add_argument("--n", type=positive_int, default=10_000, help="test images for the quality figures (default: 10000)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--out", help="JSON file (default: bench_<what>.json)")
-    p.add_argument("--random", action="store_true", help="var: random weights, speed only")
-    p.add_argument("--dim", type=int, default=VARConfig.dim), p.add_argument("--depth", type=int, default=VARConfig.depth)
-    p.add_argument("--heads", type=int, default=VARConfig.heads)
-    p.add_argument("--scales", default="1,2,3,4,5,6,8", help="var --random: scale schedule, e.g. 1,2,3,4,6,8,11,16")
-    p.add_argument("--batch", type=int, default=64, help="var: training batch")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--random", action="store_true", help="var: random weights, speed only (no checkpoint, no data)")
+    p.add_argument("--dim", type=positive_int, default=VARConfig.dim, help=f"--random: width (default: {VARConfig.dim})")
+    p.add_argument("--depth", type=positive_int, default=VARConfig.depth,
+                   help=f"--random: blocks (default: {VARConfig.depth})")
+    p.add_argument("--heads", type=positive_int, default=VARConfig.heads,
+                   help=f"--random: attention heads (default: {VARConfig.heads})")
+    p.add_argument("--scales", default="1,2,3,4,5,6,8", help="--random: the scale schedule, e.g. 1,2,3,4,6,8,11,16 "
+                                                             "(default: 1,2,3,4,5,6,8)")
+    p.add_argument("--batch", type=positive_int, default=64, help="var: training batch (default: 64)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats; the median is kept (default: 5)")
     p.add_argument("--skip-sampling", action="store_true", help="var: training figures only")
     args = p.parse_args(argv)
     try:
@@ -181,8 +186,10 @@ def main(argv=None):
         device = pick_device(args.device)
         torch.manual_seed(0)
         result = (bench_tokenizer if args.what == "tokenizer" else bench_var)(args, device)
-    except (CheckpointError, DataError, ValueError) as e:
+    except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except KeyboardInterrupt:
+        sys.exit(130)
     result["machine"] = describe_machine(device)
     result["command"] = "python -m minivar.studies.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for key, value in result.items():
@@ -190,7 +197,7 @@ def main(argv=None):
             print(f"{key:34s} " + (" ".join(f"{v:.3f}" for v in value) if isinstance(value, list)
                                    else f"{value:.4g}" if isinstance(value, float) else str(value)))
     out = Path(args.out or f"bench_{args.what}.json")
-    out.write_text(json.dumps(result, indent=1))
+    save_json(result, out)
     print(f"wrote {out}")
 
 

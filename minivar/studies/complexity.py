@@ -22,8 +22,6 @@ equal width and depth, within a time budget. Both get the same care: preallocate
 caches, the same blocks and sampler code (ar.py only changes what differs).
 Counts are per image; with CFG (used in the measurements) every count doubles for both.
 """
-import argparse
-import json
 import math
 import sys
 import time
@@ -36,6 +34,8 @@ from tqdm import tqdm
 from minivar.ar import AR
 from minivar.quantizer import MultiScaleQuantizer, split_scales
 from minivar.sampling import guided_logits, sample_tokens
+from minivar.training.checkpoint import save_json
+from minivar.training.cli import OneLineParser, positive, positive_int
 from minivar.training.device import describe_machine, pick_device
 from minivar.training.plots import save_figure
 from minivar.var import VAR, VARConfig
@@ -266,16 +266,22 @@ def parse_ints(text, flag):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="AR vs VAR generation cost: counted FLOPs and steps, measured time")
-    p.add_argument("--grids", default="4,8,12,16,24,32", help="token-map sides n to count and time")
-    p.add_argument("--batch-sizes", default="1,64", help="batch sizes to time")
-    p.add_argument("--dim", type=int, default=256), p.add_argument("--depth", type=int, default=6)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ratio", type=float, default=1.25, help="VAR scale schedule: ratio between consecutive sides")
-    p.add_argument("--max-run-s", type=float, default=20.0, help="skip a timing predicted to take longer than this")
-    p.add_argument("--budget-s", type=float, default=200.0, help="stop timing after this many seconds in all")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out-dir", default="results", help="where complexity_<device>.json and .png go")
+    p = OneLineParser(prog="python -m minivar.studies.complexity",
+                      description="AR vs VAR generation cost: counted FLOPs and steps, measured time")
+    p.add_argument("--grids", default="4,8,12,16,24,32", help="token-map sides n to count and time "
+                                                              "(default: 4,8,12,16,24,32)")
+    p.add_argument("--batch-sizes", default="1,64", help="batch sizes to time (default: 1,64)")
+    p.add_argument("--dim", type=positive_int, default=256, help="width of the random-weight models (default: 256)")
+    p.add_argument("--depth", type=positive_int, default=6, help="their number of blocks (default: 6)")
+    p.add_argument("--heads", type=positive_int, default=4, help="their attention heads (default: 4)")
+    p.add_argument("--ratio", type=positive, default=1.25,
+                   help="VAR's scale schedule: ratio between consecutive sides (default: 1.25, VAR's own)")
+    p.add_argument("--max-run-s", type=positive, default=20.0,
+                   help="skip a timing predicted to take longer than this many seconds (default: 20)")
+    p.add_argument("--budget-s", type=positive, default=200.0,
+                   help="stop timing after this many seconds in all (default: 200)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--out-dir", default="results", help="where complexity_<device>.json and .png go (default: results)")
     args = p.parse_args(argv)
     try:
         grids, batch_sizes = parse_ints(args.grids, "--grids"), parse_ints(args.batch_sizes, "--batch-sizes")
@@ -298,7 +304,7 @@ def main(argv=None):
     print_table(result)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"complexity_{device.type}.json").write_text(json.dumps(result, indent=1))
+    save_json(result, out / f"complexity_{device.type}.json")
     save_plot(result, out / f"complexity_{device.type}.png")
     print(f"wrote {out / f'complexity_{device.type}.json'} and .png ({result['wall_s']:.0f} s)")
 

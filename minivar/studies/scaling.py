@@ -1,7 +1,7 @@
 """Scaling laws: how VAR's test loss falls with model size and with training compute.
 
-    python -m minivar.studies.scaling --tokenizer out/tokenizer.pt --data-dir ./data   # ≈ 1 h on 2 CPU cores
-    python -m minivar.studies.scaling --depths 1,2,3 --tokens 1e6                      # a few minutes
+    python -m minivar.studies.scaling --tokenizer out/tokenizer.pt   # ≈ 1 h on 2 CPU cores
+    python -m minivar.studies.scaling --depths 1,2,3 --tokens 1e6    # a few minutes
 
 The paper (§5.1, Fig. 5) trains VAR transformers of depth d (width 64·d, d heads) and
 finds that test loss falls as a power of the parameter count N,
@@ -41,6 +41,7 @@ from minivar.data import DataError, load_cifar10
 from minivar.studies.bench import transformer_train_flops
 from minivar.studies.complexity import fit_slope
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_json
+from minivar.training.cli import OneLineParser, positive, positive_int
 from minivar.training.device import describe_machine, pick_device, seed_everything
 from minivar.training.optim import adamw, lr_at
 from minivar.training.plots import save_figure
@@ -239,25 +240,29 @@ def parse_depths(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", default="out/tokenizer.pt", help="a multi-scale tokenizer checkpoint (train.py)")
-    p.add_argument("--data-dir", default="./data", help="holds cifar-10-batches-py/")
-    p.add_argument("--depths", default="1,2,3,4,5,6", help="the sizes: depth d has width (width-per-depth)·d, d heads")
-    p.add_argument("--width-per-depth", type=int, default=32, help="width = this × depth (default 32: head dim 32)")
-    p.add_argument("--tokens", type=float, default=5e6, help="training tokens per size, e.g. 5e6 (the default; ≈ 1 h for depths 1…6 on 2 CPU cores)")
-    p.add_argument("--batch-size", type=int, default=32, help="sequences per step, every size (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate, every size (default 1e-3)")
-    p.add_argument("--eval-images", type=int, default=10_000, help="test images for the final losses")
-    p.add_argument("--curve-images", type=int, default=2000, help="test images for each point of the loss curves")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", default="scaling.json", help="results JSON (the plot goes beside it, .png)")
+    p = OneLineParser(prog="python -m minivar.studies.scaling", description=__doc__.split("\n\n")[0], epilog=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", default="out/tokenizer.pt",
+                   help="a multi-scale tokenizer checkpoint written by train.py (default: out/tokenizer.pt)")
+    p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (default: ./data)")
+    p.add_argument("--depths", default="1,2,3,4,5,6",
+                   help="the sizes: depth d has width (width-per-depth)·d and d heads (default: 1,2,3,4,5,6)")
+    p.add_argument("--width-per-depth", type=positive_int, default=32, help="width = this × depth (default: 32, "
+                                                                          "a head dim of 32)")
+    p.add_argument("--tokens", type=positive, default=5e6, help="training tokens per size (default: 5e6, about "
+                                                                "1 h for depths 1…6 on 2 CPU cores)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="sequences per step, every size (default: 32)")
+    p.add_argument("--lr", type=positive, default=1e-3, help="peak learning rate, every size (default: 1e-3)")
+    p.add_argument("--eval-images", type=positive_int, default=10_000,
+                   help="test images for the final losses (default: 10000)")
+    p.add_argument("--curve-images", type=positive_int, default=2000,
+                   help="test images for each point of the loss curves (default: 2000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--out", default="scaling.json", help="results JSON; the plot goes beside it as .png "
+                                                         "(default: scaling.json)")
     p.add_argument("--fresh", action="store_true", help="start over instead of continuing the study in --out")
     args = p.parse_args(argv)
-    for name in ("tokens", "batch_size", "eval_images", "curve_images", "width_per_depth", "lr"):
-        if getattr(args, name) <= 0:
-            p.error(f"--{name.replace('_', '-')} must be positive")
     try:
         settings = {"depths": parse_depths(args.depths), "width_per_depth": args.width_per_depth,
                     "tokens": int(args.tokens), "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 0.05,
@@ -271,7 +276,9 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
-        sys.exit(f"\ninterrupted: finished sizes are kept in {args.out}; run the same command to continue")
+        print(f"\ninterrupted: finished sizes are kept in {args.out}; run the same command to continue",
+              file=sys.stderr)
+        sys.exit(130)
     print_table(result)
     if "fits" in result:
         save_plot(result, Path(args.out).with_suffix(".png"))
