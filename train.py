@@ -33,10 +33,11 @@ from minivar.tokenizer import TokenizerConfig
 from minivar.training import distributed
 from minivar.training.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from minivar.training.cli import StopSignal
-from minivar.training.device import peak_memory_gib, pick_device, rng_state, seed_everything, set_rng_state
+from minivar.training.device import autocast, peak_memory_gib, pick_device, rng_state, seed_everything, set_rng_state
 from minivar.training.optim import adamw, lr_at
 from minivar.training.presets import MODEL_CONFIGS, MODEL_FLAGS, PRESETS, STAGES, TrainConfig, parse_args
 from minivar.training.stages import ARStage, PerceptualStage, TokenizerStage, VARStage
+from minivar.transformer import fastest_attention
 
 STAGE_CLASSES = {"perceptual": PerceptualStage, "tokenizer": TokenizerStage, "var": VARStage, "ar": ARStage}
 
@@ -86,7 +87,7 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
                               "or pass another --out-dir")
     cfg = replace(cfg, **{k: v for k, v in cli.items() if k in TrainConfig.__dataclass_fields__})
     for name, (flag_kind, _) in MODEL_FLAGS.items():
-        if name in cli and kind == flag_kind:
+        if name in cli and MODEL_CONFIGS[kind] is MODEL_CONFIGS[flag_kind]:  # var's flags are ar's too
             if ckpt is not None and name == "scales" and cli[name] != tuple(model_cfg.scales):
                 raise ValueError(f"--scales: {ckpt_path} was trained with scales {tuple(model_cfg.scales)}; scales "
                                  "cannot change on --resume (use another --out-dir)")
@@ -103,6 +104,14 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
         tc = extra["tokenizer"]["tokenizer_config"]
         model_cfg = replace(model_cfg, scales=tuple(tc["scales"]), vocab_size=tc["vocab_size"],
                             latent_dim=tc["latent_dim"])
+    if getattr(model_cfg, "attention", None) == "auto":  # time both attention paths on this device, keep the faster
+        with autocast(device):
+            best, seconds, why = fastest_attention(STAGE_CLASSES[kind].model_class.prediction_blocks(model_cfg.scales),
+                                                   model_cfg.heads, model_cfg.dim // model_cfg.heads,
+                                                   cfg.batch_size // world_size, device)
+        if main:
+            print(f"--attention auto: {best} ({why or ', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in seconds.items())})")
+        model_cfg = replace(model_cfg, attention=best)
     seed_everything(cfg.seed)
     with distributed.rank_zero_first():  # torchrun: one process downloads
         train_data = load_cifar10(cfg.data_dir, "train")
@@ -136,27 +145,31 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
 
     log = open_log(out_dir / f"{kind}_log.jsonl", step if ckpt is not None else None) if main else None
     bar = tqdm(total=cfg.max_steps, initial=step, desc=kind, dynamic_ncols=True, disable=not main)
-    first_bad = torch.tensor(-1, device=device)  # the first step whose loss was not finite, kept on the device
+    # Divergence: a loss that is not finite, or 10⁴ times its first value (+1). Both are kept on the
+    # device and read only when the loop must read something anyway (a log line, a checkpoint).
+    first_bad, limit = torch.tensor(-1, device=device), None
     last_step = min(cfg.stop_at, cfg.max_steps) if cfg.stop_at > 0 else cfg.max_steps
     window = (time.perf_counter(), step)  # items/s over the steps since the last log line
 
-    def check_finite():
+    def check_diverged():
         if first_bad.item() >= 0:
-            raise Diverged(f"the {kind} loss was not a finite number at step {first_bad.item() + 1}: training "
-                           f"diverged (peak learning rate {cfg.lr:g}); lower --lr or --grad-clip. {ckpt_path} was "
-                           "not overwritten")
+            raise Diverged(f"the {kind} loss was not a finite number, or 10⁴ times its start, at step "
+                           f"{first_bad.item() + 1}: training diverged (peak learning rate {cfg.lr:g}); lower --lr or "
+                           f"--grad-clip. {ckpt_path} was not overwritten")
 
     with StopSignal() as stop:  # Ctrl-C (or SIGTERM) ends the loop at the next step boundary
         while step < last_step and not distributed.any_rank(stop.requested):
             t0 = time.perf_counter()
             metrics = stage.train_step(step, optimizer, lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps),
                                        cfg.grad_clip)
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(metrics["loss"]), step, first_bad)
+            loss = metrics["loss"]
+            limit = 1e4 * (loss.abs() + 1) if limit is None else limit
+            first_bad = torch.where((first_bad < 0) & ~(loss.abs() <= limit), step, first_bad)  # NaN fails <= too
             step += 1
             seconds += time.perf_counter() - t0
             bar.update(1)
             if step % cfg.log_every == 0 or step == last_step:
-                check_finite()  # reading the flag waits for the device: only here and before a save
+                check_diverged()  # reading the flag waits for the device: only here and before a save
                 values = {k: v.tolist() for k, v in metrics.items()}
                 values[f"{stage.items}/s"] = (step - window[1]) * stage.items_per_step / (time.perf_counter() - window[0])
                 window = (time.perf_counter(), step)
@@ -164,7 +177,7 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
                 write_line(log, {"step": step, "seconds": round(seconds, 2), "lr": optimizer.param_groups[0]["lr"],
                                  **values})
             if main and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-                check_finite()
+                check_diverged()
                 results = stage.evaluate()
                 stage.save_picture(out_dir / f"{kind}_step{step:06d}.png")
                 write_line(log, {"step": step, "seconds": round(seconds, 2), "eval": results})
@@ -172,7 +185,7 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
                                                        for k, v in results.items()))
                 save(step, finished=step == cfg.max_steps)
     bar.close()
-    check_finite()
+    check_diverged()
     if step < cfg.max_steps and main:  # stopped early: Ctrl-C or --stop-at
         if step % cfg.eval_every:
             save(step)
