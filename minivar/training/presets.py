@@ -51,6 +51,8 @@ MODEL_FLAGS = {
     "scales": ("tokenizer", "token-map sides, e.g. 1,2,3,4,5,6,8 (VAR) or 8 (the AR baseline's tokenizer)"),
     "adversarial_weight": ("tokenizer", "weight of the discriminator's loss (0: off)"),
     "perceptual_weight": ("tokenizer", "weight of the perceptual loss (0: off; both 0: the plain L2 tokenizer)"),
+    "attention": ("var", "attention in full passes: sdpa (the dense mask), flex (FlexAttention: skips masked tiles) "
+                         "or auto (time both on this device at start-up, keep the faster)"),
 }
 
 # Per preset and stage: training settings, and the model's config. The GPU presets are
@@ -117,6 +119,8 @@ def parse_args(doc, argv=None) -> dict:
     for name in ("adversarial_weight", "perceptual_weight"):
         parser.add_argument("--" + name.replace("_", "-"), type=non_negative, metavar="W",
                             help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {getattr(TokenizerConfig, name)})")
+    parser.add_argument("--attention", choices=("sdpa", "flex", "auto"),
+                        help=f"var, ar: {MODEL_FLAGS['attention'][1]} (default: {VARConfig.attention})")
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
 
 
