@@ -261,11 +261,11 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(data_dir, reference, tmp_pat
 
 
 @pytest.mark.parametrize("flag", ["--data-dir", "--out-dir"])
-def test_a_folder_flag_naming_a_file_is_one_line(flag, tmp_path, capsys):
+def test_a_folder_flag_naming_a_file_is_one_line(flag, tmp_path):
     (tmp_path / "file").write_text("x")
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as e:
         train.main(["--preset", "tiny", flag, str(tmp_path / "file")])
-    assert f"{flag} {tmp_path / 'file'} is a file, not a folder" in capsys.readouterr().err
+    assert e.value.code == f"error: {flag} {tmp_path / 'file'} is a file, not a folder"
 
 
 def test_a_failed_download_leaves_no_folders_behind(tmp_path):
