@@ -45,3 +45,38 @@ def save_sample_grid(images_B3HW, row_labels, n_per_row, path):
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
     fig.tight_layout(pad=0.2)
     save_figure(fig, path)
+
+
+def save_sequence_and_mask(path, scales=(1, 2, 3, 4, 5, 6, 8)):
+    """The README's picture of VAR: the training sequence, what each block predicts, and the
+    block-causal mask over it (mask.py), coloured by scale."""
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    from minivar.mask import block_causal_mask, scale_block_sizes
+    sizes = scale_block_sizes(scales)
+    colours = colormaps["viridis"](np.linspace(0.1, 0.9, len(scales)))
+    fig = Figure(figsize=(11, 4.6))
+    strip, grid = fig.add_gridspec(1, 2, width_ratios=(1.35, 1)).subplots()
+    start = 0
+    for k, (side, size) in enumerate(zip(scales, sizes)):
+        inputs = "class" if k == 0 else f"F{k} resized\nto {side}×{side}"
+        for row, label, alpha in ((1, inputs, 0.55), (0, f"{side}×{side}\nmap", 0.9)):
+            strip.add_patch(Rectangle((start, row), size, 0.8, color=colours[k], alpha=alpha))
+            if size >= 16:  # the small blocks have no room for a label
+                strip.text(start + size / 2, row + 0.4, label, ha="center", va="center", fontsize=7)
+        start += size
+    strip.set(xlim=(0, start), ylim=(-0.2, 2.0), yticks=[0.4, 1.4], yticklabels=["predicts", "input"],
+              xlabel=f"sequence position (L = {start}; blocks of 1, 4, 9, 16, 25, 36, 64 tokens)",
+              title="one training sequence: block k's input, the reconstruction F after the\n"
+                    "coarser scales, predicts the whole k-th token map at once")
+    mask = block_causal_mask(sizes).numpy()
+    level = np.repeat(np.arange(len(scales)), sizes)
+    image = np.ones((start, start, 4))
+    image[mask] = colours[np.broadcast_to(level[:, None], mask.shape)[mask]]
+    grid.imshow(image, interpolation="nearest")
+    grid.set(title="block-causal mask: query i may attend to key j\niff scale(j) ≤ scale(i)",
+             xlabel="key position j", ylabel="query position i")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=110)
