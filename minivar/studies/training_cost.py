@@ -199,6 +199,19 @@ def measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_
     return rows
 
 
+def study(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_run_s, max_memory_gib, budget_s,
+          isolate=True, progress=True):
+    """measure() and summarize(), with the settings and the machine: what the JSON file holds."""
+    t0 = time.perf_counter()
+    rows = measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_run_s, max_memory_gib, budget_s,
+                   isolate, progress)
+    return {"grids": grids, "batch_sizes": batch_sizes, "variants": variants, "dim": dim, "depth": depth,
+            "heads": heads, "ratio": ratio, "max_run_s": max_run_s, "max_memory_gib": max_memory_gib,
+            "budget_s": budget_s, "var_scales": {str(n): var_scales(n, ratio) for n in grids}, "measured": rows,
+            **summarize(rows, grids, variants, dim, depth, ratio), "machine": describe_machine(device),
+            "wall_s": time.perf_counter() - t0}
+
+
 RATIOS = [("var_dense", "ar_causal", "train_s"), ("var_dense", "var_flex", "train_s"),  # a over b, of a key
           ("var_dense", "var_flex", "forward_s"), ("var_flex", "var_dense", "train_peak_mib"),
           ("var_flex", "var_dense", "forward_peak_mib")]
@@ -338,17 +351,10 @@ def main(argv=None):
         total = (torch.cuda.get_device_properties(device).total_memory * 0.9 if device.type == "cuda"
                  else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2)
         args.max_memory_gib = total / 2**30
-    t0 = time.perf_counter()
     print(f"training cost on {device}: n {args.grids}, batches {args.batch_sizes}, {args.attention}")
-    rows = measure(args.grids, args.batch_sizes, args.attention, args.dim, args.depth, args.heads, args.ratio, device,
+    result = study(args.grids, args.batch_sizes, args.attention, args.dim, args.depth, args.heads, args.ratio, device,
                    args.max_run_s, args.max_memory_gib, args.budget_s)
-    result = {"grids": args.grids, "batch_sizes": args.batch_sizes, "variants": args.attention, "dim": args.dim,
-              "depth": args.depth, "heads": args.heads, "ratio": args.ratio, "max_run_s": args.max_run_s,
-              "max_memory_gib": args.max_memory_gib, "budget_s": args.budget_s,
-              "var_scales": {str(n): var_scales(n, args.ratio) for n in args.grids}, "measured": rows,
-              **summarize(rows, args.grids, args.attention, args.dim, args.depth, args.ratio),
-              "machine": describe_machine(device), "wall_s": time.perf_counter() - t0,
-              "command": " ".join([p.prog, *(sys.argv[1:] if argv is None else argv)])}
+    result["command"] = " ".join([p.prog, *(sys.argv[1:] if argv is None else argv)])
     print_table(result)
     out = Path(args.out_dir) / f"training_cost_{device.type}"
     save_json(result, out.with_suffix(".json"))
