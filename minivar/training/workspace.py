@@ -32,3 +32,91 @@ def generator_checkpoint(out=None):
     if own.is_file():
         return own
     return SHIPPED if SHIPPED.is_file() else None
+
+
+# --- the lesson notebooks' setup ---
+
+def lesson_setup(need="var"):
+    """What a lesson notebook runs on, found in the order sample.py uses: your run (out_dir()),
+    else the shipped model (SHIPPED), else a tiny model trained now on 1,000 CIFAR-10 images in
+    a temporary folder, announced by a banner (its samples are noise: only the mechanics show).
+
+    need="tokenizer": the tokenizer alone (your tokenizer.pt counts too; model is None).
+    Returns a namespace: model (VAR, eval mode, CPU), tokenizer, source (which of the three),
+    test_images (uint8 N×3×32×32), test_labels, fast (MINIVAR_FAST=1: skip slow parts)."""
+    import contextlib
+    import io
+    import shutil
+    import sys
+    import tempfile
+    from types import SimpleNamespace
+
+    from minivar.data import load_cifar10
+    from minivar.training.checkpoint import frozen_tokenizer, load_checkpoint, load_generator
+
+    path, own_tokenizer, tiny = generator_checkpoint(), out_dir() / "tokenizer.pt", None
+    if need == "tokenizer" and own_tokenizer.is_file() and path in (None, SHIPPED):
+        path = own_tokenizer  # your tokenizer before the shipped one
+    if path is None:
+        print("#" * 88 + f"\nNOTE: no trained model found (no {_shown(out_dir() / 'var.pt')}, no {_shown(SHIPPED)}):"
+              "\ntraining a tiny model for this demo (about a minute); its samples are noise.\n"
+              "For real pictures: `python train.py --preset cpu`, then run this notebook again.\n" + "#" * 88)
+    with contextlib.redirect_stderr(io.StringIO()) as notes:  # data.py names the data folder: shown relative below
+        try:
+            if path is None:
+                tiny = Path(tempfile.mkdtemp(prefix="minivar-tiny-"))
+                path = _train_tiny(tiny, need)
+            ckpt = load_checkpoint(path)
+            if ckpt["kind"] == "tokenizer":
+                model, tokenizer = None, frozen_tokenizer(ckpt["model_config"], ckpt["model"])
+            else:
+                model, tokenizer = load_generator(path, "cpu")
+        finally:
+            if tiny is not None:
+                shutil.rmtree(tiny, ignore_errors=True)
+        images, labels = load_cifar10(data_dir(), "test")
+    print(notes.getvalue().replace(str(data_dir()), _shown(data_dir())), end="", file=sys.stderr)
+    model = model if need == "var" else None
+    source = ("a tiny model trained just now" if tiny else "the shipped model" if path == SHIPPED else "your run") + \
+        ("" if tiny else f" ({_shown(path)})")
+    print(f"model: {source}: " + (f"VAR {model.num_params() / 1e6:.2f} M parameters, " if model else "") +
+          f"tokenizer {tokenizer.num_params() / 1e6:.2f} M, scales {tokenizer.cfg.scales}, "
+          f"codebook of {tokenizer.cfg.vocab_size}")
+    return SimpleNamespace(model=model, tokenizer=tokenizer, source=source, test_images=images, test_labels=labels,
+                           fast=os.environ.get("MINIVAR_FAST") == "1")
+
+
+def _shown(path) -> str:
+    """A path as notebooks print it: relative to the project, never this machine's absolute path."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else f"<{path.name}>"
+
+
+def _train_tiny(folder: Path, need: str, n_train=1000) -> Path:
+    """train.py's tiny preset on the first n_train training images (copied into `folder` in the
+    official layout) with the plain L2 tokenizer: a minute, not the many of the full set."""
+    import pickle
+    import subprocess
+    import sys
+
+    import torch
+
+    from minivar.data import CIFAR_FOLDER, load_cifar10
+
+    subset = folder / "data" / CIFAR_FOLDER
+    subset.mkdir(parents=True)
+    for split, names, n in (("train", [f"data_batch_{i}" for i in range(1, 6)], n_train), ("test", ["test_batch"], 500)):
+        images, labels = load_cifar10(data_dir(), split)
+        for name, rows in zip(names, torch.arange(min(n, len(images))).chunk(len(names))):
+            batch = {b"data": images[rows].reshape(len(rows), -1).numpy(), b"labels": labels[rows].tolist()}
+            (subset / name).write_bytes(pickle.dumps(batch))
+    stages = [["--stage", "tokenizer", "--max-steps", "60", "--perceptual-weight", "0", "--adversarial-weight", "0"]]
+    if need == "var":
+        stages.append(["--stage", "var", "--max-steps", "40"])
+    for args in stages:
+        done = subprocess.run([sys.executable, str(ROOT / "train.py"), "--preset", "tiny", "--device", "cpu",
+                               "--data-dir", str(folder / "data"), "--out-dir", str(folder), *args],
+                              capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"training the tiny model failed:\n{done.stderr[-3000:]}")
+    return folder / ("var.pt" if need == "var" else "tokenizer.pt")
