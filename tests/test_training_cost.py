@@ -13,10 +13,10 @@ from minivar.ar import AR
 from minivar.mask import block_causal_mask
 from minivar.studies import training_cost
 from minivar.studies.training_cost import blocks, count
+from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.training.checkpoint import load_generator, save_checkpoint
 from minivar.var import VAR, VARConfig
 from tests.conftest import run_script, write_fake_cifar
-from tests.test_var import tiny_models
 
 CPU = torch.device("cpu")
 
@@ -186,7 +186,8 @@ def test_unknown_attention_is_refused():
 
 @pytest.mark.parametrize("attention", ["flex", None])  # None: a checkpoint from before the option existed
 def test_attention_survives_a_checkpoint_round_trip(tmp_path, attention):
-    tok, var = tiny_models()
+    var = tiny("var", 4)[0]
+    tok = Tokenizer(TokenizerConfig(scales=var.cfg.scales, widths=(8, 16, 16), vocab_size=32, latent_dim=8))
     config = asdict(var.cfg) | {"attention": attention}
     if attention is None:
         del config["attention"]

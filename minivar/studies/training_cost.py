@@ -1,6 +1,6 @@
 """What one *training* step costs against resolution: AR versus VAR, dense mask versus FlexAttention.
 
-    python -m minivar.studies.training_cost                 # CPU defaults, n = 8..64: about half an hour on 2 cores
+    python -m minivar.studies.training_cost                 # CPU defaults, n = 8..64: 15-30 min on 2 idle cores
     python -m minivar.studies.training_cost --device cuda --batch-sizes 8,64 --dim 256 --depth 6
 
 complexity.py measures what *generating* costs; this is the other half. Training runs the
@@ -265,7 +265,9 @@ def save_plot(result, path):
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9), ax.set_xlabel("map side n"), ax.set_xticks(grids, [str(n) for n in grids])
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=6), ax.grid(True, which="both", alpha=0.3)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:  # a panel is empty when everything was skipped
+            ax.legend(fontsize=6)
     fig.suptitle(f"training cost, AR vs VAR: width {result['dim']}, depth {result['depth']}, heads {result['heads']}, "
                  f"on {machine['gpu'] or machine['cpu']} ({machine['threads']} threads)", fontsize=10)
     fig.tight_layout()
