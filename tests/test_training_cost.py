@@ -220,9 +220,10 @@ def test_benchmark_writes_json_and_plot_and_reports_skips(tmp_path, capsys):
     assert result["counted"]["var_dense"]["3"]["tokens"] == 14
     assert "skipped: predicted" in capsys.readouterr().out
 
-    training_cost.main(flags + ["--max-memory-gib", "1e-9"])  # nothing fits: no process is started
+    training_cost.main(flags + ["--max-memory-gib", "1e-9", "--grids", "5"])  # nothing fits; one n: no slopes
     result = json.loads((tmp_path / "training_cost_cpu.json").read_text())
-    assert all("--max-memory-gib" in r["skipped"] for r in result["measured"])
+    assert len(result["measured"]) == 2 and all("--max-memory-gib" in r["skipped"] for r in result["measured"])
+    assert result["counted_slopes"] == {} and result["counted"]["var_dense"]["5"]["tokens"] == 55
 
 
 @pytest.mark.parametrize("flags, message", [(["--grids", "0,8"], "positive integers"),

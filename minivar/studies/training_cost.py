@@ -221,7 +221,8 @@ def summarize(rows, grids, variants, dim, depth, ratio):
     """Counts and their slopes against n; slopes of measured time and memory; VAR/AR and dense/flex ratios."""
     counted = {v: {n: count(v, n, dim, depth, ratio=ratio) for n in grids} for v in variants}
     keys = ("attention_flops", "computed_attention_flops", "total_flops", "computed_total_flops", "tokens")
-    counted_slopes = {v: {k: fit_slope(grids, [counted[v][n][k] for n in grids]) for k in keys} for v in variants}
+    counted_slopes = {v: {k: fit_slope(grids, [counted[v][n][k] for n in grids]) for k in keys}
+                      for v in variants if len(grids) > 1}  # a slope needs two sizes
     at = {(r["variant"], r["n"], r["batch"]): r for r in rows}
     got = lambda v, n, b, key: (at.get((v, n, b)) or {}).get(key)
     measured_slopes, ratios = {}, []
@@ -247,7 +248,7 @@ def save_plot(result, path):
     axes = (fig := Figure(figsize=(17, 4.2))).subplots(1, 4)
     color = {"ar_causal": "C3", "ar_flex": "C1", "var_dense": "C0", "var_flex": "C2"}
     for v in result["variants"]:
-        slope = result["counted_slopes"][v]["computed_attention_flops"]
+        slope = result["counted_slopes"].get(v, {}).get("computed_attention_flops", float("nan"))
         axes[0].loglog(grids, [c[v][str(n)]["computed_attention_flops"] for n in grids], color[v] + "-", marker="o",
                        ms=3, label=f"{v} computed ~n^{slope:.2f}")
         axes[0].loglog(grids, [c[v][str(n)]["attention_flops"] for n in grids], color[v] + ":", label=f"{v} allowed")
