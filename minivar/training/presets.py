@@ -51,6 +51,7 @@ MODEL_FLAGS = {
     "scales": ("tokenizer", "token-map sides, e.g. 1,2,3,4,5,6,8 (VAR) or 8 (the AR baseline's tokenizer)"),
     "adversarial_weight": ("tokenizer", "weight of the discriminator's loss (0: off)"),
     "perceptual_weight": ("tokenizer", "weight of the perceptual loss (0: off; both 0: the plain L2 tokenizer)"),
+    "disc_start": ("tokenizer", "the step the discriminator and its loss start at"),
     "attention": ("var", "attention in full passes: sdpa (the dense mask), flex (FlexAttention: skips masked tiles) "
                          "or auto (time both on this device at start-up, keep the faster)"),
 }
@@ -99,6 +100,12 @@ def preset_default(name):
     return "set by --preset, per stage perceptual/tokenizer/var: " + ", ".join(per_preset)
 
 
+def preset_default_model(name):
+    """--help text for a model setting the presets decide (tokenizer): its value per preset."""
+    return "set by --preset: " + ", ".join(f"{p} {stages['tokenizer'][1].get(name, getattr(TokenizerConfig, name))}"
+                                            for p, stages in PRESETS.items())
+
+
 def parse_args(doc, argv=None) -> dict:
     """Flags for every TrainConfig field and MODEL_FLAGS. Only the flags actually typed are returned."""
     parser = OneLineParser(prog="python train.py", description=doc.split("\n\n")[0], epilog=doc,
@@ -119,6 +126,8 @@ def parse_args(doc, argv=None) -> dict:
     for name in ("adversarial_weight", "perceptual_weight"):
         parser.add_argument("--" + name.replace("_", "-"), type=non_negative, metavar="W",
                             help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {getattr(TokenizerConfig, name)})")
+    parser.add_argument("--disc-start", type=non_negative_int, metavar="STEP",
+                        help=f"tokenizer: {MODEL_FLAGS['disc_start'][1]} (default: {preset_default_model('disc_start')})")
     parser.add_argument("--attention", choices=("sdpa", "flex", "auto"),
                         help=f"var, ar: {MODEL_FLAGS['attention'][1]} (default: {VARConfig.attention})")
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}

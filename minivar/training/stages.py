@@ -117,7 +117,9 @@ class TokenizerStage(Stage):
             self.perceptual = frozen_classifier(perceptual["model_config"], perceptual["model"], device)
         self.discriminator = None
         if model_cfg.adversarial_weight > 0:
-            self.discriminator = self.disc_net = PatchDiscriminator().to(device)
+            with torch.random.fork_rng(devices=[]):  # its own seed: until disc_start the run is bit for bit
+                torch.manual_seed(tcfg.seed + 1)      # the one without the adversarial term
+                self.discriminator = self.disc_net = PatchDiscriminator().to(device)
             if active():  # torchrun: its gradients are averaged like the tokenizer's
                 self.disc_net = torch.nn.parallel.DistributedDataParallel(self.discriminator)
             self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=tcfg.lr, betas=(0.5, 0.9))
