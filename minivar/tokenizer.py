@@ -38,6 +38,7 @@ class TokenizerConfig:
     # both at 0 is the plain L2 tokenizer.
     adversarial_weight: float = 0.5  # patch-discriminator (hinge) loss, on top of VQGAN's adaptive weight
     disc_start: int = 400  # the step the discriminator starts at, once reconstructions have settled
+    disc_ramp: int = 0  # steps over which the adversarial weight rises from 0, while the fresh discriminator learns
     perceptual_weight: float = 0.1  # distance between a CIFAR-10 classifier's features of x and x̂
 
 

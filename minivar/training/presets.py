@@ -52,6 +52,7 @@ MODEL_FLAGS = {
     "adversarial_weight": ("tokenizer", "weight of the discriminator's loss (0: off)"),
     "perceptual_weight": ("tokenizer", "weight of the perceptual loss (0: off; both 0: the plain L2 tokenizer)"),
     "disc_start": ("tokenizer", "the step the discriminator and its loss start at"),
+    "disc_ramp": ("tokenizer", "steps over which the adversarial weight rises from 0 to its value"),
     "attention": ("var", "attention in full passes: sdpa (the dense mask), flex (FlexAttention: skips masked tiles) "
                          "or auto (time both on this device at start-up, keep the faster)"),
 }
@@ -126,8 +127,9 @@ def parse_args(doc, argv=None) -> dict:
     for name in ("adversarial_weight", "perceptual_weight"):
         parser.add_argument("--" + name.replace("_", "-"), type=non_negative, metavar="W",
                             help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {getattr(TokenizerConfig, name)})")
-    parser.add_argument("--disc-start", type=non_negative_int, metavar="STEP",
-                        help=f"tokenizer: {MODEL_FLAGS['disc_start'][1]} (default: {preset_default_model('disc_start')})")
+    for name in ("disc_start", "disc_ramp"):
+        parser.add_argument("--" + name.replace("_", "-"), type=non_negative_int, metavar="STEPS",
+                            help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {preset_default_model(name)})")
     parser.add_argument("--attention", choices=("sdpa", "flex", "auto"),
                         help=f"var, ar: {MODEL_FLAGS['attention'][1]} (default: {VARConfig.attention})")
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
