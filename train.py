@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from minivar.data import DataError, load_cifar10
+from minivar.flex_attention import fastest_attention
 from minivar.tokenizer import TokenizerConfig
 from minivar.training import distributed
 from minivar.training.checkpoint import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
@@ -37,7 +38,6 @@ from minivar.training.device import autocast, peak_memory_gib, pick_device, rng_
 from minivar.training.optim import adamw, lr_at
 from minivar.training.presets import MODEL_CONFIGS, MODEL_FLAGS, PRESETS, STAGES, TrainConfig, parse_args
 from minivar.training.stages import ARStage, PerceptualStage, TokenizerStage, VARStage
-from minivar.transformer import fastest_attention
 
 STAGE_CLASSES = {"perceptual": PerceptualStage, "tokenizer": TokenizerStage, "var": VARStage, "ar": ARStage}
 

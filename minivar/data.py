@@ -21,7 +21,6 @@ import hashlib
 import os
 import pickle
 import shutil
-import sys
 import tarfile
 import tempfile
 import urllib.request
@@ -126,7 +125,7 @@ def check_official(folder: Path, names):
     if differ:
         print(f"note: {', '.join(differ)} in {folder} {'differs' if len(differ) == 1 else 'differ'} from the "
               "official CIFAR-10 release (md5); "
-              "used as they are (re-encoded copies exist)", file=sys.stderr)
+              "used as they are (re-encoded copies exist)")  # a notice on stdout: stderr is for errors
 
 
 def load_cifar10(data_dir, split: str, download: bool = True):

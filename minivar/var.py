@@ -19,10 +19,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minivar.flex_attention import attention_mask
 from minivar.mask import block_causal_mask, scale_block_sizes
 from minivar.quantizer import split_scales
 from minivar.sampling import KVCache, guided_logits, sample_tokens
-from minivar.transformer import AdaLNBlock, AdaLNHead, attention_mask, init_weights
+from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
 
 
 @dataclass
@@ -36,7 +37,7 @@ class VARConfig:  # also the AR baseline's (ar.py)
     heads: int = 4
     mlp_ratio: int = 4
     class_dropout: float = 0.1  # training: a label becomes the null class with this probability
-    attention: str = "sdpa"  # full passes: "sdpa" (the dense mask, the reference) or "flex" (transformer.py)
+    attention: str = "sdpa"  # full passes: "sdpa" (the dense mask, the reference) or "flex" (flex_attention.py)
 
 
 class VAR(nn.Module):

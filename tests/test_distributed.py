@@ -36,12 +36,16 @@ def test_ranks_see_disjoint_halves_of_the_same_batches():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Tokenizer then VAR, once in one process and once under torchrun with 2 processes.
-    The torchrun VAR stage starts from the single run's tokenizer: the two tokenizers agree
-    to float precision, but that can flip a few tokens, and VAR would train on other data."""
+    Both tokenizers use the single run's perceptual network: its BatchNorm layers normalise
+    each process's half batch, so under torchrun it is a different network. The torchrun
+    VAR stage starts from the single run's tokenizer: the two tokenizers agree to float
+    precision, but that can flip a few tokens, and VAR would train on other data."""
     root = tmp_path_factory.mktemp("ddp")
     write_fake_cifar(root / "data" / "cifar-10-batches-py")
     data = ["--data-dir", root / "data"]
     single(*data, "--out-dir", root / "one")
+    (root / "two").mkdir()
+    (root / "two" / "perceptual.pt").write_bytes((root / "one" / "perceptual.pt").read_bytes())
     logs = torchrun("--stage", "tokenizer", *data, "--out-dir", root / "two")
     (root / "two" / "tokenizer.pt").rename(root / "two" / "tokenizer_ddp.pt")
     (root / "two" / "tokenizer.pt").write_bytes((root / "one" / "tokenizer.pt").read_bytes())

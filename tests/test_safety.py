@@ -197,13 +197,13 @@ def test_a_copy_that_differs_from_the_official_files_is_used_with_one_notice(tmp
                                                for n in data.SPLIT_FILES["train"]})
     monkeypatch.setattr(data, "_checked", set())
     data.load_cifar10(tmp_path, "train")
-    assert capsys.readouterr().err == ""  # byte for byte the "official" files: nothing to say
+    assert capsys.readouterr().out == ""  # byte for byte the "official" files: nothing to say
     raw = bytearray((folder / "data_batch_2").read_bytes())
     raw[-600:-200] = os.urandom(400)  # inside the pixel array: still a valid batch
     (folder / "data_batch_2").write_bytes(bytes(raw))
     monkeypatch.setattr(data, "_checked", set())
     images, _ = data.load_cifar10(tmp_path, "train")
-    notice = capsys.readouterr().err.strip().splitlines()
+    notice = capsys.readouterr().out.strip().splitlines()
     assert len(notice) == 1 and "data_batch_2" in notice[0] and "official" in notice[0] and len(images) == 200
 
 

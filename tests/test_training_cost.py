@@ -1,5 +1,5 @@
 """Training cost: the counts behind studies/training_cost.py, FlexAttention against the dense
-mask (transformer.py), the attention option through checkpoints, and the benchmark end to end."""
+mask (flex_attention.py), the attention option through checkpoints, and the benchmark end to end."""
 import json
 import os
 import warnings
@@ -8,7 +8,7 @@ from dataclasses import asdict
 import pytest
 import torch
 
-import minivar.transformer as transformer
+import minivar.flex_attention as flex_attention
 from minivar.ar import AR
 from minivar.mask import block_causal_mask
 from minivar.studies import training_cost
@@ -22,7 +22,7 @@ CPU = torch.device("cpu")
 
 
 def flex_or_skip(device, need_grad):
-    why = transformer.flex_unavailable(device, need_grad)
+    why = flex_attention.flex_unavailable(device, need_grad)
     if why:
         pytest.skip(why)
 
@@ -70,9 +70,9 @@ def test_worked_example_var_8x8():
 def test_flex_computed_pairs_are_the_block_mask_s_tiles(variant, n):
     """What count() says FlexAttention computes is what its BlockMask schedules: every tile
     holding at least one allowed pair, at its full size."""
-    if transformer.BlockMask is None:
+    if flex_attention.BlockMask is None:
         pytest.skip("this torch has no FlexAttention")
-    tiles = transformer.flex_block_mask(tuple(blocks(variant, n)), CPU).to_dense()[0, 0].long()
+    tiles = flex_attention.flex_block_mask(tuple(blocks(variant, n)), CPU).to_dense()[0, 0].long()
     L = sum(blocks(variant, n))
     side = torch.tensor([min(training_cost.TILE, L - i) for i in range(0, L, training_cost.TILE)])
     c = count(variant, n, dim=32, depth=1)
@@ -91,8 +91,8 @@ def test_flex_and_dense_give_the_same_logits(kind):
         dense = model(x, labels)[0]
         model.cfg.attention = "flex"
         flex = model(x, labels)[0]
-        assert isinstance(transformer.attention_mask("flex", model.block_sizes, model.mask_LL), transformer.BlockMask)
-        assert transformer.flex_unavailable(CPU, need_grad=False) is None  # it ran: no fallback on the way
+        assert isinstance(flex_attention.attention_mask("flex", model.block_sizes, model.mask_LL), flex_attention.BlockMask)
+        assert flex_attention.flex_unavailable(CPU, need_grad=False) is None  # it ran: no fallback on the way
         model.mask_LL.fill_(True)  # the test can fail: without the mask the logits change
         model.cfg.attention = "sdpa"
         unmasked = model(x, labels)[0] if kind == "var" else None
@@ -120,7 +120,7 @@ def test_flex_and_dense_give_the_same_gradients(kind):
 
 
 def test_flex_training_on_cpu_falls_back_to_dense_with_one_warning(monkeypatch):
-    monkeypatch.setattr(transformer, "_warned", set())
+    monkeypatch.setattr(flex_attention, "_warned", set())
     model, x, labels, targets = tiny("var", 4)
     model(x, labels, targets)[1].backward()
     dense = [p.grad.clone() for p in model.parameters()]
@@ -134,8 +134,8 @@ def test_flex_training_on_cpu_falls_back_to_dense_with_one_warning(monkeypatch):
 
 
 def test_when_torch_compile_raises_flex_falls_back_to_dense_with_one_warning(monkeypatch):
-    monkeypatch.setitem(transformer._flex, "fn", None), monkeypatch.setitem(transformer._flex, "error", None)
-    monkeypatch.setattr(transformer, "_warned", set())
+    monkeypatch.setitem(flex_attention._flex, "fn", None), monkeypatch.setitem(flex_attention._flex, "error", None)
+    monkeypatch.setattr(flex_attention, "_warned", set())
 
     def broken_compile(*args, **kwargs):
         raise RuntimeError("torch.compile is not supported on this Python")
@@ -151,14 +151,14 @@ def test_when_torch_compile_raises_flex_falls_back_to_dense_with_one_warning(mon
 
 def test_when_compiling_fails_at_the_first_call_the_dense_mask_takes_over(monkeypatch):
     """A missing C++ compiler (CPU) or Triton (GPU) shows only when the compiled function first runs."""
-    if transformer.BlockMask is None:
+    if flex_attention.BlockMask is None:
         pytest.skip("this torch has no FlexAttention")
     import torch._dynamo
 
     def fails(*args, **kwargs):
         raise torch._dynamo.exc.TorchDynamoException("no C++ compiler")
-    monkeypatch.setitem(transformer._flex, "fn", fails), monkeypatch.setitem(transformer._flex, "error", None)
-    monkeypatch.setattr(transformer, "_warned", set())
+    monkeypatch.setitem(flex_attention._flex, "fn", fails), monkeypatch.setitem(flex_attention._flex, "error", None)
+    monkeypatch.setattr(flex_attention, "_warned", set())
     model, x, labels, _ = tiny("ar", 4, attention="flex")
     with torch.no_grad(), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
@@ -172,7 +172,7 @@ def test_when_compiling_fails_at_the_first_call_the_dense_mask_takes_over(monkey
 
 
 def test_auto_keeps_the_dense_path_where_flex_cannot_train():
-    best, seconds, why = transformer.fastest_attention([1, 4, 9], heads=2, head_dim=16, batch=2, device=CPU)
+    best, seconds, why = flex_attention.fastest_attention([1, 4, 9], heads=2, head_dim=16, batch=2, device=CPU)
     assert (best, seconds) == ("sdpa", {}) and "no backward on cpu" in why
 
 

@@ -40,13 +40,13 @@ from pathlib import Path
 import torch
 
 from minivar.ar import AR
+from minivar.flex_attention import flex_unavailable
 from minivar.studies.bench import timed
 from minivar.studies.complexity import fit_slope, var_scales
 from minivar.training.checkpoint import save_json
 from minivar.training.cli import OneLineParser, positive, positive_int
 from minivar.training.device import describe_machine, pick_device
 from minivar.training.plots import save_figure
-from minivar.transformer import flex_unavailable
 from minivar.var import VAR, VARConfig
 
 VARIANTS = {"ar_causal": ("ar", "sdpa"), "var_dense": ("var", "sdpa"), "var_flex": ("var", "flex"),
