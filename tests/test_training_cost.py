@@ -12,7 +12,8 @@ import minivar.flex_attention as flex_attention
 from minivar.ar import AR
 from minivar.mask import block_causal_mask
 from minivar.studies import training_cost
-from minivar.studies.training_cost import blocks, count
+from minivar.studies.complexity import block_sizes as blocks
+from minivar.studies.training_cost import count
 from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.training.checkpoint import load_generator, save_checkpoint
 from minivar.var import VAR, VARConfig

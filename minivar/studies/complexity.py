@@ -34,10 +34,10 @@ from tqdm import tqdm
 from minivar.ar import AR
 from minivar.quantizer import MultiScaleQuantizer, split_scales
 from minivar.sampling import guided_logits, sample_tokens
+from minivar.studies.cost_report import print_generation_table, save_generation_plot
 from minivar.training.checkpoint import save_json
 from minivar.training.cli import OneLineParser, positive, positive_int
 from minivar.training.device import describe_machine, pick_device
-from minivar.training.plots import save_figure
 from minivar.var import VAR, VARConfig
 
 SAMPLERS = ("ar_nocache", "ar_cache", "var_nocache", "var_cache")
@@ -189,73 +189,6 @@ def summarize(rows, grids, batch_sizes, dim, depth, ratio):
             "counted_slopes": counted_slopes, "measured_slopes": measured_slopes, "ratios": ratios}
 
 
-def save_plot(result, path):
-    """Log-log: counted attention FLOPs and sequential steps; measured time at each batch size."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-    grids, batches = result["grids"], result["batch_sizes"]
-    fig = Figure(figsize=(4.2 * (2 + len(batches)), 3.6))
-    axes = fig.subplots(1, 2 + len(batches))
-    styles = {"ar_nocache": "C3--", "ar_cache": "C3-", "var_nocache": "C0--", "var_cache": "C0-"}
-    for s in SAMPLERS:
-        slope = result["counted_slopes"][s]["attention_flops"]
-        axes[0].loglog(grids, [result["counted"][s][str(n)]["attention_flops"] for n in grids], styles[s],
-                       marker="o", ms=3, label=f"{s}  ~n^{slope:.1f}")
-    for s in ("ar_cache", "var_cache"):
-        slope = result["counted_slopes"][s]["steps"]
-        axes[1].loglog(grids, [result["counted"][s][str(n)]["steps"] for n in grids], styles[s], marker="o", ms=3,
-                       label=f"{s.split('_')[0].upper()}  ~n^{slope:.1f}")
-    axes[0].set_title("attention FLOPs per image (counted)", fontsize=9)
-    axes[1].set_title("sequential steps (counted)", fontsize=9)
-    for ax, b in zip(axes[2:], batches):
-        for s in SAMPLERS:
-            pts = [(r["n"], r["seconds"]) for r in result["measured"]
-                   if r["sampler"] == s and r["batch"] == b and r["seconds"] is not None]
-            if pts:
-                fit = result["measured_slopes"].get(f"{s}_b{b}")
-                ax.loglog(*zip(*pts), styles[s], marker="o", ms=3,
-                          label=s + (f"  ~n^{fit['slope']:.1f}" if fit else ""))
-        ax.set_title(f"generation time, batch {b} (measured, s)", fontsize=9)
-    for ax in axes:
-        ax.set_xlabel("token map side n")
-        ax.set_xticks(grids, [str(n) for n in grids])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=7)
-        ax.grid(True, which="both", alpha=0.3)
-    fig.suptitle(f"AR vs VAR, width {result['dim']}, depth {result['depth']}, on {result['machine']['device']}",
-                 fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-
-
-def print_table(result):
-    seconds = {(r["sampler"], r["n"], r["batch"]): r for r in result["measured"]}
-    head = f"{'n':>3} {'sampler':12} {'steps':>6} {'tokens':>8} {'attn GFLOP':>11} {'total GFLOP':>12}"
-    print(head + "".join(f" {'t(b=' + str(b) + ')':>10}" for b in result["batch_sizes"]))
-    for n in result["grids"]:
-        for s in SAMPLERS:
-            c = result["counted"][s][str(n)]
-            line = f"{n:3d} {s:12} {c['steps']:6d} {c['tokens']:8d} {c['attention_flops'] / 1e9:11.3f} " \
-                   f"{c['total_flops'] / 1e9:12.3f}"
-            for b in result["batch_sizes"]:
-                r = seconds.get((s, n, b))
-                line += f" {r['seconds']:9.4f}s" if r and r["seconds"] is not None else f" {'skipped':>10}"
-            print(line)
-    print("slopes (counted attention FLOPs): " +
-          ", ".join(f"{s} {v['attention_flops']:.2f}" for s, v in result["counted_slopes"].items()))
-    print("slopes (measured time): " +
-          ", ".join(f"{k} {v['slope']:.2f}" for k, v in result["measured_slopes"].items()))
-    print_ratios(result["ratios"])
-
-
-def print_ratios(ratios):
-    """AR time over VAR (cached) time, at each measured size and batch."""
-    fmt = lambda x: f"{x:6.2f}" if x is not None else "  (not timed)"
-    for r in ratios:
-        print(f"n={r['n']:2d}, batch {r['batch']:3d}: AR-cache / VAR-cache time {fmt(r['ar_cache_over_var_cache'])}, "
-              f"AR-no-cache / VAR-cache {fmt(r['ar_nocache_over_var_cache'])}")
-
-
 def parse_ints(text, flag):
     try:
         values = [int(v) for v in text.split(",")]
@@ -301,11 +234,11 @@ def main(argv=None):
     result["machine"] = describe_machine(device)
     result["wall_s"] = time.perf_counter() - t0
     result["command"] = "python -m minivar.studies.complexity " + " ".join(argv if argv is not None else sys.argv[1:])
-    print_table(result)
+    print_generation_table(result)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_json(result, out / f"complexity_{device.type}.json")
-    save_plot(result, out / f"complexity_{device.type}.png")
+    save_generation_plot(result, out / f"complexity_{device.type}.png")
     print(f"wrote {out / f'complexity_{device.type}.json'} and .png ({result['wall_s']:.0f} s)")
 
 

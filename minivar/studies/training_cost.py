@@ -12,19 +12,16 @@ whole sequence at once under the mask: AR's n² tokens under the causal mask, VA
     var_flex    VAR, FlexAttention with a BlockMask: 128×128 tiles the mask rules out are skipped
     ar_flex     AR under FlexAttention (only if asked for with --attention)
 
-Counted per image, forward+backward = 3 × forward (bench.transformer_train_flops): the pairs
-the mask allows and those the kernel computes (dense: L²; flex: every tile not entirely
-masked; causal: the allowed ones, tile rounding ignored), at 4·D FLOPs per pair and layer;
-the linear layers and head at 2 FLOPs per weight and token; the mask's density (allowed / L²).
+Counted per image, forward+backward = 3 × forward: the pairs the mask allows and those the
+kernel computes (dense: L²; flex: every tile not entirely masked; causal: the allowed ones),
+at 4·D FLOPs per pair and layer; linear layers and head at 2 FLOPs per weight and token.
 
-Measured on random-weight models of one width and depth, each (variant, n, batch) in a fresh
-process (one killed for memory is reported; nothing leaks into the next run): the median
-seconds of a training step (forward, cross-entropy, backward, AdamW) and of a forward pass under
-no_grad, and the peak tensor memory of each above what was live before it (weights; after the
-warm-up step, AdamW's state): CUDA's max_memory_allocated, or on CPU the allocations
-torch.profiler records, summed in time order (not the RSS, which the allocator blurs). A run
-predicted, from the same variant's previous n scaled by counted work, to exceed --max-run-s or
---max-memory-gib is skipped with the reason, as is all after --budget-s. FlexAttention has no
+Measured on random-weight models, each (variant, n, batch) in a fresh process: the median
+seconds of a training step (forward, loss, backward, AdamW) and of a no_grad forward, and
+their peak tensor memory above what was live before (CUDA's max_memory_allocated; on CPU the
+allocations torch.profiler records, in time order, not the RSS the allocator blurs). A run
+predicted to exceed --max-run-s or --max-memory-gib (from the variant's previous n, scaled by
+counted work) is skipped with the reason, as is all after --budget-s. FlexAttention has no
 backward on CPU in torch 2.13: there var_flex's training step is skipped, its forward measured.
 """
 import argparse
@@ -42,28 +39,22 @@ import torch
 from minivar.ar import AR
 from minivar.flex_attention import flex_unavailable
 from minivar.studies.bench import timed
-from minivar.studies.complexity import fit_slope, var_scales
+from minivar.studies.complexity import block_sizes, fit_slope, parse_ints, var_scales
+from minivar.studies.cost_report import MEASURED, print_training_table, save_training_plot
 from minivar.training.checkpoint import save_json
 from minivar.training.cli import OneLineParser, positive, positive_int
 from minivar.training.device import describe_machine, pick_device
-from minivar.training.plots import save_figure
 from minivar.var import VAR, VARConfig
 
 VARIANTS = {"ar_causal": ("ar", "sdpa"), "var_dense": ("var", "sdpa"), "var_flex": ("var", "flex"),
             "ar_flex": ("ar", "flex")}  # name -> (model, VARConfig.attention)
 TILE = 128  # FlexAttention's BlockMask tile side (its default)
-MEASURED = ("train_s", "forward_s", "train_peak_mib", "forward_peak_mib")
 SKIPS = ("train_skipped", "forward_skipped")  # why one half of a run was not measured (FlexAttention on CPU)
-
-
-def blocks(variant, n, ratio=1.25):
-    """The sequence as blocks: AR n² blocks of one token, VAR one s×s block per scale."""
-    return [1] * (n * n) if variant.startswith("ar") else [s * s for s in var_scales(n, ratio)]
 
 
 def count(variant, n, dim, depth, vocab=512, mlp_ratio=4, ratio=1.25):
     """Work of one forward+backward for one image (see the top)."""
-    sizes = blocks(variant, n, ratio)
+    sizes = block_sizes(variant, n, ratio)
     block_L = list(itertools.chain.from_iterable([k] * b for k, b in enumerate(sizes)))
     L, prefix, allowed = len(block_L), 0, 0
     for b in sizes:  # a block's b queries see every key up to its end
@@ -89,7 +80,7 @@ def memory_estimate(variant, n, batch, dim, depth, vocab=512, ratio=1.25):
     """Rough bytes of a training step's activations (~20 floats per token and width per layer,
     3 of logits) plus the float copy SDPA makes of a dense mask: only used to scale a measured
     peak to the next n, and to refuse a first run that obviously cannot fit."""
-    L = sum(blocks(variant, n, ratio))
+    L = sum(block_sizes(variant, n, ratio))
     return 4 * batch * L * (20 * dim * depth + 3 * vocab) + (8 * L * L if variant.endswith("dense") else 0)
 
 
@@ -166,7 +157,7 @@ def measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_
     for n, batch, variant in itertools.product(grids, batch_sizes, variants):
         work = lambda m: count(variant, m, dim, depth, ratio=ratio)["computed_total_flops"]
         mem = lambda m: memory_estimate(variant, m, batch, dim, depth, ratio=ratio)
-        row = {"variant": variant, "n": n, "batch": batch, "tokens": sum(blocks(variant, n, ratio)),
+        row = {"variant": variant, "n": n, "batch": batch, "tokens": sum(block_sizes(variant, n, ratio)),
                "predicted_s": None, "predicted_peak_mib": mem(n) / 2**20, **dict.fromkeys(MEASURED + SKIPS)}
         prev = last.get((variant, batch))
         if prev:  # scale the previous n's measurement by the counted work
@@ -240,73 +231,11 @@ def summarize(rows, grids, variants, dim, depth, ratio):
             "counted_slopes": counted_slopes, "measured_slopes": measured_slopes, "ratios": ratios}
 
 
-def save_plot(result, path):
-    """Counted attention FLOPs and share of the L² pairs; measured seconds per image and peak memory."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter
-    grids, c, machine = result["grids"], result["counted"], result["machine"]
-    axes = (fig := Figure(figsize=(17, 4.2))).subplots(1, 4)
-    color = {"ar_causal": "C3", "ar_flex": "C1", "var_dense": "C0", "var_flex": "C2"}
-    for v in result["variants"]:
-        slope = result["counted_slopes"].get(v, {}).get("computed_attention_flops", float("nan"))
-        axes[0].loglog(grids, [c[v][str(n)]["computed_attention_flops"] for n in grids], color[v] + "-", marker="o",
-                       ms=3, label=f"{v} computed ~n^{slope:.2f}")
-        axes[0].loglog(grids, [c[v][str(n)]["attention_flops"] for n in grids], color[v] + ":", label=f"{v} allowed")
-        axes[1].semilogx(grids, [c[v][str(n)]["computed_pairs"] / c[v][str(n)]["tokens"] ** 2 for n in grids],
-                         color[v] + "-", marker="o", ms=3, label=f"{v} computed")
-        axes[1].semilogx(grids, [c[v][str(n)]["density"] for n in grids], color[v] + ":", label=f"{v} allowed")
-        for (ax, key), b in itertools.product(zip(axes[[2, 2, 3, 3]], MEASURED), result["batch_sizes"]):
-            pts = [(r["n"], r[key] / (b if key.endswith("_s") else 1)) for r in result["measured"]
-                   if r["variant"] == v and r["batch"] == b and r.get(key)]
-            if pts:  # training solid, forward dashed; one marker per batch size
-                ax.loglog(*zip(*pts), color[v] + ("-" if key.startswith("train") else "--"), ms=4,
-                          marker="os^vD"[result["batch_sizes"].index(b) % 5], label=f"{v} {key.split('_')[0]} b{b}")
-    titles = ("attention FLOPs per image, fwd+bwd (counted)", "pairs computed, allowed: share of L² (counted)",
-              "seconds per image: training step, forward", "peak tensor MiB: training step, forward")
-    for ax, title in zip(axes, titles):
-        ax.set_title(title, fontsize=9), ax.set_xlabel("map side n"), ax.set_xticks(grids, [str(n) for n in grids])
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.grid(True, which="both", alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # a panel is empty when everything was skipped
-            ax.legend(fontsize=6)
-    fig.suptitle(f"training cost, AR vs VAR: width {result['dim']}, depth {result['depth']}, heads {result['heads']}, "
-                 f"on {machine['gpu'] or machine['cpu']} ({machine['threads']} threads)", fontsize=10)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-
-
-def print_table(result):
-    at = {(r["variant"], r["n"], r["batch"]): r for r in result["measured"]}
-    print(f"{'n':>3} {'variant':9} {'L':>6} {'allowed':>7} {'computed':>8} {'GFLOP':>8} {'batch':>5} "
-          f"{'train s':>8} {'fwd s':>8} {'train MiB':>9} {'fwd MiB':>9}")
-    for n, v, b in itertools.product(result["grids"], result["variants"], result["batch_sizes"]):
-        c, r = result["counted"][v][str(n)], at[(v, n, b)]
-        line = f"{n:3d} {v:9} {c['tokens']:6d} {c['density']:7.3f} {c['computed_pairs'] / c['tokens'] ** 2:8.3f} " \
-               f"{c['computed_total_flops'] / 1e9:8.2f} {b:5d} "
-        if r["skipped"]:
-            print(line + f"skipped: {r['skipped']}")
-            continue
-        cells = [f"{r[k]:{spec}}" if r[k] is not None else "-".rjust(int(spec[0]))
-                 for k, spec in zip(MEASURED, ("8.3f", "8.3f", "9.0f", "9.0f"))]
-        print(line + " ".join(cells) + (f"  (training skipped: {r['train_skipped']})" if r["train_skipped"] else ""))
-    print("(allowed, computed: pairs / L²; GFLOP: computed, per image, forward+backward; MiB: peak tensor memory)")
-    print("counted slopes (computed attention FLOPs): " + ", ".join(
-        f"{v} {s['computed_attention_flops']:.2f}" for v, s in result["counted_slopes"].items()))
-    for name, keys in result["measured_slopes"].items():
-        print(f"measured slopes {name}: " + ", ".join(f"{k} {s['slope']:.2f}" for k, s in keys.items()))
-    for r in result["ratios"]:
-        print(f"n={r['n']:2d} batch {r['batch']}: " + ", ".join(f"{k} {x:.2f}" for k, x in r.items()
-                                                                 if k not in ("n", "batch")))
-
-
 def int_list(text):
     try:
-        values = sorted({int(v) for v in text.split(",")})
+        return parse_ints(text, "")
     except ValueError:
-        values = []
-    if not values or values[0] < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 8,16,32")
-    return values
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 8,16,32") from None
 
 
 def variant_list(text):
@@ -358,10 +287,10 @@ def main(argv=None):
     result = study(args.grids, args.batch_sizes, args.attention, args.dim, args.depth, args.heads, args.ratio, device,
                    args.max_run_s, args.max_memory_gib, args.budget_s)
     result["command"] = " ".join([p.prog, *(sys.argv[1:] if argv is None else argv)])
-    print_table(result)
+    print_training_table(result)
     out = Path(args.out_dir) / f"training_cost_{device.type}"
     save_json(result, out.with_suffix(".json"))
-    save_plot(result, out.with_suffix(".png"))
+    save_training_plot(result, out.with_suffix(".png"))
     print(f"wrote {out}.json and .png ({result['wall_s']:.0f} s)")
 
 

@@ -63,6 +63,9 @@ class Stage:
     def load_state(self, ckpt):
         pass
 
+    def save_picture(self, path):
+        pass  # a stage without a picture worth a file (the perceptual classifier)
+
 
 class PerceptualStage(Stage):
     """The classifier behind the perceptual loss (sharpness.py), trained on training images."""
@@ -89,9 +92,6 @@ class PerceptualStage(Stage):
                       for x, y in iterate_in_order(self.test_images, self.test_labels, 500, self.device))
         self.model.train()
         return {"test_accuracy": correct / len(self.test_images)}
-
-    def save_picture(self, path):
-        pass  # a classifier has no picture worth a file
 
 
 def frozen_classifier(config: dict, state: dict, device):
