@@ -101,8 +101,7 @@ def frozen_classifier(config: dict, state: dict, device):
 
 
 class TokenizerStage(Stage):
-    """Reconstruction + VQ losses (tokenizer.py); with the adversarial and perceptual terms of
-    sharpness.py when their weights in TokenizerConfig are above zero."""
+    """Reconstruction + VQ losses (tokenizer.py), plus sharpness.py's terms whose weights are above 0."""
     kind = "tokenizer"
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, perceptual=None):
@@ -203,8 +202,7 @@ class TokenizerStage(Stage):
         save_reconstruction_grid(x, recs, self.model.cfg.scales, path)
 
     def state(self):
-        """The discriminator and its optimizer (exact resume), and the perceptual network the
-        run was started with, so that resuming needs this file alone."""
+        """The discriminator, its optimizer and the perceptual network: resuming needs this file alone."""
         state = {"perceptual": self.perceptual_checkpoint} if self.perceptual is not None else {}
         if self.discriminator is not None:
             state.update(discriminator=self.discriminator.state_dict(), disc_optimizer=self.disc_optimizer.state_dict())
