@@ -51,9 +51,11 @@ def lesson_setup(need="var"):
     import tempfile
     from types import SimpleNamespace
 
-    from minivar.data import load_cifar10
+    from minivar.data import cifar_folder, load_cifar10
     from minivar.training.checkpoint import frozen_tokenizer, load_checkpoint, load_generator
 
+    if not cifar_folder(data_dir()).is_dir():  # said here: the download's progress bar is not shown below
+        print(f"CIFAR-10 is not in {_shown(data_dir())}: downloading it there (170 MB)")
     path, own_tokenizer, tiny = generator_checkpoint(), out_dir() / "tokenizer.pt", None
     if need == "tokenizer" and own_tokenizer.is_file() and path in (None, SHIPPED):
         path = own_tokenizer  # your tokenizer before the shipped one
@@ -87,9 +89,14 @@ def lesson_setup(need="var"):
 
 
 def _shown(path) -> str:
-    """A path as notebooks print it: relative to the project, never this machine's absolute path."""
+    """A path as notebooks print it, never this machine's absolute path: relative to the project,
+    else to the folder $MINIVAR_OUT_DIR or $MINIVAR_DATA_DIR names."""
     path = Path(path).resolve()
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else f"<{path.name}>"
+    named = ((ROOT, "."), (out_dir().resolve(), "$MINIVAR_OUT_DIR"), (data_dir().resolve(), "$MINIVAR_DATA_DIR"))
+    for folder, name in named:
+        if path.is_relative_to(folder):
+            return str(Path(name) / path.relative_to(folder)) if path != folder else name
+    return f"<{path.name}>"
 
 
 def _train_tiny(folder: Path, need: str, n_train=1000) -> Path:
@@ -105,7 +112,8 @@ def _train_tiny(folder: Path, need: str, n_train=1000) -> Path:
 
     subset = folder / "data" / CIFAR_FOLDER
     subset.mkdir(parents=True)
-    for split, names, n in (("train", [f"data_batch_{i}" for i in range(1, 6)], n_train), ("test", ["test_batch"], 500)):
+    splits = (("train", [f"data_batch_{i}" for i in range(1, 6)], n_train), ("test", ["test_batch"], 500))
+    for split, names, n in splits:
         images, labels = load_cifar10(data_dir(), split)
         for name, rows in zip(names, torch.arange(min(n, len(images))).chunk(len(names))):
             batch = {b"data": images[rows].reshape(len(rows), -1).numpy(), b"labels": labels[rows].tolist()}
