@@ -47,7 +47,6 @@ def lesson_setup(need="var"):
     import contextlib
     import io
     import shutil
-    import sys
     import tempfile
     from types import SimpleNamespace
 
@@ -63,7 +62,8 @@ def lesson_setup(need="var"):
         print("#" * 88 + f"\nNOTE: no trained model found (no {_shown(out_dir() / 'var.pt')}, no {_shown(SHIPPED)}):"
               "\ntraining a tiny model for this demo (about a minute); its samples are noise.\n"
               "For real pictures: `python train.py --preset cpu`, then run this notebook again.\n" + "#" * 88)
-    with contextlib.redirect_stderr(io.StringIO()) as notes:  # data.py names the data folder: shown relative below
+    notes = io.StringIO()  # data.py's notices name the data folder: printed below with the path shown relatively
+    with contextlib.redirect_stdout(notes), contextlib.redirect_stderr(notes):
         try:
             if path is None:
                 tiny = Path(tempfile.mkdtemp(prefix="minivar-tiny-"))
@@ -77,7 +77,7 @@ def lesson_setup(need="var"):
             if tiny is not None:
                 shutil.rmtree(tiny, ignore_errors=True)
         images, labels = load_cifar10(data_dir(), "test")
-    print(notes.getvalue().replace(str(data_dir()), _shown(data_dir())), end="", file=sys.stderr)
+    print(notes.getvalue().replace(str(data_dir()), _shown(data_dir())), end="")
     model = model if need == "var" else None
     source = ("a tiny model trained just now" if tiny else "the shipped model" if path == SHIPPED else "your run") + \
         ("" if tiny else f" ({_shown(path)})")
