@@ -1,31 +1,177 @@
-"""Every notebook runs top to bottom in fast mode (MINIVAR_FAST=1: tiny models trained on the spot).
+"""The notebooks: the committed files carry real outputs (fast checks), and every notebook runs top
+to bottom in fast mode (MINIVAR_FAST=1), its figures drawn and its own `assert` cells passing (slow).
 
-They read real CIFAR-10 from ../shared/data when it is there, else a tiny synthetic copy."""
+The lesson notebooks (01, 02, 03, 06) state claims in prose and check them with `assert`s in
+their cells, so a broken claim fails the notebook, and the notebook fails here. They read real
+CIFAR-10 from ../shared/data when it is there, else a tiny synthetic copy; their model comes
+from workspace.lesson_setup (your run, else the shipped model, else a tiny one trained on the spot).
+"""
+import re
+
 import pytest
+import torch
 
+from minivar.tokenizer import Tokenizer, TokenizerConfig
+from minivar.training import workspace
+from minivar.var import VAR, VARConfig
 from tests.conftest import ROOT, SHARED_CIFAR, write_fake_cifar
 
 nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev extra: pip install -e '.[dev]'")
 nbclient = pytest.importorskip("nbclient", reason="notebook tests need the dev extra: pip install -e '.[dev]'")
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+LESSONS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "06")]
+PLOTS = re.compile(r"\bplt\.(show|imshow|plot|bar|subplots|figure)\b|\.imshow\(|\bdisplay\(")  # code that draws
+MACHINE_PATH = re.compile(r"(?<![\w.])/(work|root|home|Users|tmp|private|mnt)/")  # this machine's absolute paths
 
 
-def test_there_are_notebooks():
+def name(path):
+    return path.name
+
+
+def code_cells(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def images(cell):
+    return sum("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+def output_text(cell):
+    parts = []
+    for o in cell.outputs:
+        parts.append(o.get("text", ""))
+        parts.extend(str(v) for k, v in o.get("data", {}).items() if k.startswith("text/"))
+        parts.extend(o.get("traceback", []))
+    return "".join(parts)
+
+
+def test_notebooks_are_numbered_01_to_07():
     assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "06"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
+# --- the committed files (fast) ---
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
+def test_committed_notebook_was_run_and_shows_its_figures(path):
+    cells = code_cells(nbformat.read(path, as_version=4))
+    not_run = [i for i, c in enumerate(cells) if c.source.strip() and c.execution_count is None]
+    assert not not_run, f"code cells {not_run} have never been run: execute the notebook and commit its outputs"
+    errors = [i for i, c in enumerate(cells) if any(o.output_type == "error" for o in c.outputs)]
+    assert not errors, f"code cells {errors} end in an error"
+    blank = [i for i, c in enumerate(cells) if PLOTS.search(c.source) and not images(c)]
+    assert not blank, f"code cells {blank} draw a figure, but their committed outputs hold no image"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
+def test_no_absolute_paths_of_this_machine(path):
+    for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+        outputs = output_text(cell) if cell.cell_type == "code" else ""
+        for where, text in (("source", cell.source), ("outputs", outputs)):
+            found = MACHINE_PATH.search(text)
+            assert not found, f"cell {i} {where}: {text[max(0, found.start() - 60):found.end() + 60]!r}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=name)
+def test_lessons_use_the_shared_setup_and_check_their_claims(path):
+    cells = code_cells(nbformat.read(path, as_version=4))
+    setup = [line for line in cells[0].source.splitlines() if line.strip()]
+    assert "lesson_setup(" in cells[0].source and len(setup) <= 15, "a setup cell of a few lines"
+    sources = "\n".join(c.source for c in cells)
+    assert "import train" not in sources and "out-notebook" not in sources  # no training of their own
+    assert len(re.findall(r"^\s*assert ", sources, re.M)) >= 2, "state a claim, then assert it"
+
+
+def test_exercises_have_checks_and_name_tests_that_exist():
+    index = (ROOT / "notebooks" / "EXERCISES.md").read_text()
+    sections = re.findall(r"^## (\d+)\. ", index, re.M)
+    assert len(sections) >= 6 and sections == [str(i) for i in range(1, len(sections) + 1)]
+    assert index.count("**Check:**") == len(sections)
+    texts = [index] + [c.source for p in LESSONS for c in nbformat.read(p, as_version=4).cells]
+    for path in LESSONS:  # each lesson ends with its exercises, each with a check
+        last = nbformat.read(path, as_version=4).cells[-1]
+        assert last.cell_type == "markdown" and "## Exercise" in last.source and "*Check:*" in last.source
+    for file, test in {m for text in texts for m in re.findall(r"(tests/test_\w+\.py)::(\w+)", text)}:
+        assert re.search(rf"^def {test}\(", (ROOT / file).read_text(), re.M), f"{file}::{test} is cited but gone"
+
+
+# --- workspace.lesson_setup: which model a lesson runs on (fast) ---
+
+def write_var_checkpoint(path):
+    """A var checkpoint as train.py writes one (random weights; the config travels with them)."""
+    tok_cfg = TokenizerConfig(widths=(8, 16, 16), vocab_size=16, latent_dim=4, scales=(1, 2, 4, 8))
+    var_cfg = VARConfig(scales=tok_cfg.scales, vocab_size=16, latent_dim=4, dim=16, depth=1, heads=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"kind": "var", "model": VAR(var_cfg).state_dict(), "model_config": vars(var_cfg),
+                "tokenizer_config": vars(tok_cfg), "tokenizer": Tokenizer(tok_cfg).state_dict(), "step": 1}, path)
+
+
+@pytest.fixture
+def places(tmp_path, monkeypatch):
+    """An empty run folder, no shipped model, a small fake CIFAR-10."""
+    write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py", n_train=50, n_test=20)
+    monkeypatch.setenv("MINIVAR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("MINIVAR_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.setattr(workspace, "SHIPPED", tmp_path / "checkpoints" / "var_cpu.pt")
+    return tmp_path
+
+
+def test_your_run_comes_before_the_shipped_model(places, capsys):
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    lesson = workspace.lesson_setup("var")
+    assert lesson.source.startswith("the shipped model") and lesson.model.cfg.dim == 16
+    write_var_checkpoint(places / "out" / "var.pt")
+    lesson = workspace.lesson_setup("var")
+    assert lesson.source.startswith("your run") and isinstance(lesson.model, VAR) and not lesson.model.training
+    assert len(lesson.test_images) == 20 and lesson.tokenizer.cfg.scales == (1, 2, 4, 8)
+    out = capsys.readouterr().out
+    assert "NOTE" not in out and str(places) not in out  # no banner, no absolute path
+
+
+def test_a_tokenizer_lesson_takes_your_tokenizer_alone(places):
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    tok_cfg = TokenizerConfig(widths=(8, 16, 16), vocab_size=8, latent_dim=4, scales=(2, 8))
+    (places / "out").mkdir()
+    torch.save({"kind": "tokenizer", "model": Tokenizer(tok_cfg).state_dict(), "model_config": vars(tok_cfg)},
+               places / "out" / "tokenizer.pt")
+    lesson = workspace.lesson_setup("tokenizer")
+    assert lesson.source.startswith("your run") and lesson.model is None and lesson.tokenizer.cfg.scales == (2, 8)
+    assert workspace.lesson_setup("var").source.startswith("the shipped model")  # a VAR lesson needs a var.pt
+
+
+# --- running them (slow) ---
+
+@pytest.mark.slow
+def test_with_no_model_anywhere_a_tiny_one_is_trained_and_said_loudly(places, capsys):
+    lesson = workspace.lesson_setup("var")
+    out = capsys.readouterr().out
+    assert out.startswith("#") and "NOTE: no trained model found" in out and "samples are noise" in out
+    assert lesson.source == "a tiny model trained just now" and isinstance(lesson.model, VAR)
+    assert not (places / "out").exists()  # trained in a temporary folder, not in your run's
+    assert str(places) not in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
+def test_notebook_runs_in_fast_mode_and_draws_its_figures(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVAR_FAST", "1")
+    data = SHARED_CIFAR
     if not (SHARED_CIFAR / "cifar-10-batches-py").is_dir():
-        write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py", n_train=500, n_test=500)
-        monkeypatch.setenv("MINIVAR_DATA_DIR", str(tmp_path / "data"))
+        data = tmp_path / "data"
+        write_fake_cifar(data / "cifar-10-batches-py", n_train=500, n_test=500)
+    monkeypatch.setenv("MINIVAR_DATA_DIR", str(data))
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:  # run from the source, not from the committed outputs
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert not errors
+    try:
+        nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
+                                resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    except nbclient.exceptions.CellExecutionError as e:  # a failed assert is a claim the notebook got wrong
+        pytest.fail(f"{path.name}: {str(e)[-3000:]}")
+    cells = code_cells(nb)
+    blank = [i for i, c in enumerate(cells) if PLOTS.search(c.source) and not images(c)]
+    assert not blank, f"code cells {blank} draw a figure, but showed no image"
+    if path in LESSONS:
+        assert sum(images(c) for c in cells) >= 1
