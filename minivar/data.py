@@ -123,9 +123,8 @@ def check_official(folder: Path, names):
     _checked.add(folder)
     differ = [n for n in names if hashlib.md5((folder / n).read_bytes()).hexdigest() != OFFICIAL_MD5.get(n)]
     if differ:
-        print(f"note: {', '.join(differ)} in {folder} {'differs' if len(differ) == 1 else 'differ'} from the "
-              "official CIFAR-10 release (md5); "
-              "used as they are (re-encoded copies exist)")  # a notice on stdout: stderr is for errors
+        print(f"note: CIFAR-10's {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the official "
+              "release (md5); used as they are (re-encoded copies exist)")  # a notice on stdout: stderr is for errors
 
 
 def load_cifar10(data_dir, split: str, download: bool = True):

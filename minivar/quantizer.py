@@ -138,31 +138,8 @@ class MultiScaleQuantizer(nn.Module):
             out.append(f_hat)
         return out
 
-    # --- codebook health ---
+    # --- codebook health (training/codebook.py re-seeds the codes no scale uses) ---
 
     def usage_per_scale(self):
         """Fraction of the codebook picked at each scale since the last re-seed."""
         return (self.hits_KV > 0).float().mean(1)
-
-    @torch.no_grad()
-    def reseed_dead_codes(self, f_BChw, noise=0.01):
-        """Move codes unused at every scale since the last call onto residual vectors from
-        this batch (the vectors codes are meant to cover), then restart the count.
-        Returns the re-seeded indices (the trainer clears their optimizer state)."""
-        dead = (self.hits_KV.sum(0) == 0).nonzero().flatten()
-        if len(dead) > 0:
-            residuals, rest = [], f_BChw
-            for k, side in enumerate(self.scales):  # the same residuals the forward pass quantizes
-                u_BCss = area_resize(rest, side)
-                residuals.append(u_BCss.permute(0, 2, 3, 1).reshape(-1, u_BCss.shape[1]))
-                rest = rest - self.embed(self.nearest_code(u_BCss, exclude=dead), k)  # live codes only
-            # Each dead code goes to a random scale's residuals, every scale equally likely:
-            # drawing by position would send most codes to the finest scale (64 of 155 positions).
-            scale_of_code = torch.randint(len(residuals), (len(dead),))
-            new = torch.empty(len(dead), f_BChw.shape[1], device=f_BChw.device)
-            for k, pool_NC in enumerate(residuals):
-                chosen = scale_of_code == k
-                new[chosen] = pool_NC[torch.randint(len(pool_NC), (int(chosen.sum()),), device=pool_NC.device)]
-            self.codebook.weight[dead] = new + noise * new.std() * torch.randn_like(new)
-        self.hits_KV.zero_()
-        return dead

@@ -25,11 +25,11 @@ from minivar import flex_attention
 def attend(q_BHLd, k_BHLd, v_BHLd, mask=None):
     """softmax(q·kᵀ/√d)·v over the pairs `mask` allows: None (all of them), a dense boolean
     L×L tensor, flex_attention.CAUSAL, or a FlexAttention BlockMask."""
+    if mask is None or isinstance(mask, torch.Tensor):
+        return F.scaled_dot_product_attention(q_BHLd, k_BHLd, v_BHLd, attn_mask=mask)
     if isinstance(mask, str):  # CAUSAL
         return F.scaled_dot_product_attention(q_BHLd, k_BHLd, v_BHLd, is_causal=True)
-    if flex_attention.is_block_mask(mask):
-        return flex_attention.attend(q_BHLd, k_BHLd, v_BHLd, mask)
-    return F.scaled_dot_product_attention(q_BHLd, k_BHLd, v_BHLd, attn_mask=mask)
+    return flex_attention.attend(q_BHLd, k_BHLd, v_BHLd, mask)  # a BlockMask
 
 
 class Attention(nn.Module):

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minivar.flex_attention import attention_mask
+from minivar.flex_attention import CAUSAL, attention_mask
 from minivar.mask import block_causal_mask, scale_block_sizes
 from minivar.quantizer import split_scales
 from minivar.sampling import KVCache, guided_logits, sample_tokens
@@ -44,6 +44,8 @@ class VAR(nn.Module):
     def __init__(self, cfg: VARConfig):
         super().__init__()
         self.cfg = cfg
+        if cfg.attention not in ("sdpa", "flex"):
+            raise ValueError(f"attention={cfg.attention!r}: expected 'sdpa' or 'flex'")
         self.block_sizes = self.prediction_blocks(cfg.scales)  # the tokens predicted together, one block per step
         self.seq_len = sum(self.block_sizes)  # 155 for the default scales
         self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # +1: the null class
@@ -71,10 +73,11 @@ class VAR(nn.Module):
         """Add the tokens of scale k to the reconstruction f̂; its resize to the next side is
         the next input block (quantizer.add_scale). Sampling calls this after drawing each
         scale, and teacher forcing calls it with the true tokens: one function builds both,
-        which is what makes training and sampling agree. Returns (f̂, next input block B×l×C)."""
+        which is what makes training and sampling agree. Returns (f̂, next input block B×l×C, or
+        None after the last scale)."""
         side = self.cfg.scales[k]
         f_hat_BChw, next_in_BCss = quantizer.add_scale(f_hat_BChw, idx_Bl.view(-1, side, side), k)
-        return f_hat_BChw, next_in_BCss.flatten(2).transpose(1, 2)
+        return f_hat_BChw, None if next_in_BCss is None else next_in_BCss.flatten(2).transpose(1, 2)
 
     @torch.no_grad()
     def teacher_forcing_inputs(self, quantizer, tokens_BL):
@@ -116,7 +119,9 @@ class VAR(nn.Module):
         """
         cond_BD = self.class_emb(labels_B)
         h = self.embed(x_BLC, cond_BD, start=0)
-        mask = attention_mask(self.cfg.attention, self.block_sizes, self.mask_LL)  # dense, causal or FlexAttention's
+        mask = self.mask_LL if max(self.block_sizes) > 1 else CAUSAL  # AR: SDPA's own causal mask skips tiles
+        if self.cfg.attention == "flex":  # FlexAttention's block mask, where it can run (flex_attention.py)
+            mask = attention_mask(self.cfg.attention, self.block_sizes, self.mask_LL)
         for block in self.blocks:
             h = block(h, block.modulation(cond_BD), mask)
         logits_BLV = self.head(h, self.head.modulation(cond_BD))

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 
 from minivar.quantizer import flatten_scales
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
+from minivar.training.codebook import reseed_dead_codes
 from minivar.var import VAR, VARConfig
 
 TINY = dict(widths=(16, 32, 32), res_blocks=1, vocab_size=64, latent_dim=8)
@@ -27,7 +28,7 @@ def train_tiny(cfg, steps=150, seed=0):
         loss.backward()
         opt.step()
         if (step + 1) % 50 == 0:
-            tok.quantizer.reseed_dead_codes(info["f"].detach())
+            reseed_dead_codes(tok.quantizer, info["f"].detach())
     return tok.eval(), x
 
 
@@ -117,7 +118,7 @@ def test_dead_codes_are_reseeded_and_training_stays_stable(scales, cosine):
             with torch.no_grad():
                 codebook[32:] = 100.0
             tok.quantizer.hits_KV[:, 32:] = 0
-            dead = tok.quantizer.reseed_dead_codes(info["f"].detach())
+            dead = reseed_dead_codes(tok.quantizer, info["f"].detach())
             assert set(range(32, 64)) <= set(dead.tolist())
             assert codebook[32:].abs().max() < 10  # moved onto real residuals
             assert len(torch.unique(codebook[32:].detach(), dim=0)) == 32  # and apart

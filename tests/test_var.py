@@ -110,6 +110,28 @@ def test_same_seed_same_samples_and_different_seed_differs():
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
 
 
+def test_targets_are_not_shifted_position_k_predicts_token_k():
+    """Unlike GPT, block k's positions predict scale k's tokens at the same positions: the
+    1×1 map from the class token, and so on (paper Eq. 6)."""
+    tok, var = tiny_models()
+    targets, labels = flatten_scales(random_tokens(2, seed=3)), torch.tensor([1, 8])
+    logits, loss = var(var.teacher_forcing_inputs(tok.quantizer, targets), labels, targets)
+    aligned = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    shifted = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten())
+    assert torch.allclose(loss, aligned, atol=1e-6) and not torch.allclose(loss, shifted, atol=1e-3)
+    assert logits.shape[1] == targets.shape[1] == var.seq_len  # one prediction per token, none left over
+
+
+def test_next_input_after_the_last_scale_is_none():
+    tok, var = tiny_models()
+    idx_list = random_tokens(2)
+    f_hat = torch.zeros(2, var.cfg.latent_dim, SCALES[-1], SCALES[-1])
+    for k, idx in enumerate(idx_list):
+        f_hat, x_Bl = var.next_input(tok.quantizer, f_hat, idx.flatten(1), k)
+        assert (x_Bl is None) == (k == len(SCALES) - 1)
+    assert torch.allclose(f_hat, tok.quantizer.cumulative_latents(idx_list)[-1])
+
+
 def test_loss_falls_on_a_tiny_batch():
     tok, var = tiny_models()
     var.train()

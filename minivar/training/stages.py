@@ -21,6 +21,7 @@ from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
 from minivar.quantizer import split_scales
 from minivar.tokenizer import Tokenizer, psnr
 from minivar.training.checkpoint import frozen_tokenizer
+from minivar.training.codebook import reseed_dead_codes
 from minivar.training.device import autocast
 from minivar.training.distributed import active, rank_zero_first, rows_from_all_ranks, sum_across_ranks
 from minivar.training.plots import save_reconstruction_grid, save_sample_grid
@@ -72,7 +73,7 @@ class PerceptualStage(Stage):
     kind = "perceptual"
 
     def __init__(self, tcfg, model_cfg: PerceptualConfig, train_data, test_data, device, rank=0, world_size=1):
-        self.device, self.model_cfg = device, model_cfg
+        self.device, self.model_cfg, self.autocast = device, model_cfg, autocast(device)  # (reused each step)
         self.model = self.net = FeatureClassifier(model_cfg.widths).to(device)
         self.items_per_step = tcfg.batch_size
         self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
@@ -80,7 +81,7 @@ class PerceptualStage(Stage):
 
     def loss(self, step):
         x, y = self.batches.batch(step)
-        with autocast(self.device):
+        with self.autocast:
             logits = self.net(x)
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
@@ -105,7 +106,7 @@ class TokenizerStage(Stage):
     kind = "tokenizer"
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, perceptual=None):
-        self.tcfg, self.device, self.perceptual_checkpoint = tcfg, device, perceptual
+        self.tcfg, self.device, self.autocast, self.perceptual_checkpoint = tcfg, device, autocast(device), perceptual
         self.model = self.net = Tokenizer(model_cfg).to(device)
         self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
         self.items_per_step = tcfg.batch_size  # the global batch (split across ranks under torchrun)
@@ -127,7 +128,7 @@ class TokenizerStage(Stage):
     def loss(self, step):
         cfg = self.model.cfg
         x, _ = self.batches.batch(step)
-        with autocast(self.device):
+        with self.autocast:
             x_rec, _, info = self.net(x)
             rec_loss = info["rec_loss"]
             metrics = {"psnr": psnr(x_rec.detach().float(), x).mean()}
@@ -151,7 +152,7 @@ class TokenizerStage(Stage):
         if self.discriminator is not None and step >= self.model.cfg.disc_start:
             for group in self.disc_optimizer.param_groups:  # D follows the tokenizer's schedule
                 group["lr"] = optimizer.param_groups[0]["lr"]
-            with autocast(self.device):
+            with self.autocast:
                 d_loss = discriminator_hinge_loss(self.disc_net(x), self.disc_net(x_rec))
             self.disc_optimizer.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -162,14 +163,13 @@ class TokenizerStage(Stage):
         return metrics
 
     def reseed(self, latent, optimizer):
-        """Codes no scale used since the last check move onto current residuals (quantizer.py),
-        and their Adam moments are cleared so that stale statistics do not throw them around.
-        torchrun: code use is counted over every rank's images and re-seeding draws from the
-        whole global batch, so that all ranks make the same change."""
+        """Codes no scale used since the last check move onto current residuals (codebook.py), their
+        Adam moments cleared so that stale statistics do not throw them around. torchrun: use is
+        counted over all ranks' images and re-seeding draws from the whole global batch."""
         quantizer = self.model.quantizer
         sum_across_ranks(quantizer.hits_KV)
         usage = quantizer.usage_per_scale()
-        dead = quantizer.reseed_dead_codes(rows_from_all_ranks(latent))
+        dead = reseed_dead_codes(quantizer, rows_from_all_ranks(latent))
         codebook_state = optimizer.state.get(quantizer.codebook.weight, {})
         for key in ("exp_avg", "exp_avg_sq"):
             if key in codebook_state:
@@ -248,7 +248,7 @@ class VARStage(Stage):
     model_class = VAR
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, tokenizer=None):
-        self.tcfg, self.device = tcfg, device
+        self.tcfg, self.device, self.autocast = tcfg, device, autocast(device)
         self.tokenizer_checkpoint = tokenizer  # {"tokenizer_config", "tokenizer"}: travels in every checkpoint
         self.tokenizer = frozen_tokenizer(tokenizer["tokenizer_config"], tokenizer["tokenizer"]).to(device)
         self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
@@ -266,7 +266,7 @@ class VARStage(Stage):
         idx = self.sampler.indices(step)
         tokens, labels = self.train_tokens[idx].long(), self.train_labels[idx]
         labels = self.model.drop_labels(labels, self.sampler.uniforms(2, step))  # the null class, for CFG
-        with autocast(self.device):
+        with self.autocast:
             inputs = self.model.teacher_forcing_inputs(self.tokenizer.quantizer, tokens)
             logits, loss = self.net(inputs, labels, tokens)
         return loss, {"loss": loss.detach(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
