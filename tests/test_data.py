@@ -74,7 +74,7 @@ def test_corrupt_download_leaves_nothing_behind(tmp_path):
     tarball, _ = _tarball(tmp_path)
     with pytest.raises(DataError, match="md5"):
         download_cifar10(tmp_path / "data", url=tarball.as_uri(), md5="0" * 32)
-    assert list((tmp_path / "data").iterdir()) == []
+    assert not (tmp_path / "data").exists()  # it created the folder, so it removes it again
 
 
 def test_offline_download_says_what_to_do(tmp_path):
@@ -84,5 +84,5 @@ def test_offline_download_says_what_to_do(tmp_path):
 
 def test_truncated_batch_file_is_reported(fake_data_dir):
     (fake_data_dir / "cifar-10-batches-py" / "test_batch").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(DataError, match="not a readable CIFAR-10 batch"):
+    with pytest.raises(DataError, match="test_batch is not a valid CIFAR-10 batch: pickle data was truncated"):
         load_cifar10(fake_data_dir, "test")
