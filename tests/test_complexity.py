@@ -72,6 +72,7 @@ def test_fit_slope_recovers_a_power():
     assert fit_slope([2, 4, 8], [3 * n ** 2.5 for n in (2, 4, 8)]) == pytest.approx(2.5)
 
 
+@pytest.mark.slow
 def test_cli_writes_table_json_and_plot(tmp_path):
     result = run_script("-m", "minivar.studies.complexity", "--grids", "2,3,4", "--batch-sizes", "1,2", "--dim", "16",
                         "--depth", "1", "--heads", "2", "--device", "cpu", "--out-dir", tmp_path)
@@ -83,6 +84,7 @@ def test_cli_writes_table_json_and_plot(tmp_path):
     assert "ar_cache" in result.stdout and "slopes" in result.stdout
 
 
+@pytest.mark.slow
 def test_cli_bad_grid_is_one_line(tmp_path):
     result = run_script("-m", "minivar.studies.complexity", "--grids", "4,x", "--out-dir", tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr and "--grids 4,x" in result.stderr

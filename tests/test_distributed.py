@@ -61,6 +61,7 @@ def close(a, b, atol=1e-4):
     return a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-4) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["tokenizer", "var"])
 def test_two_processes_equal_one_with_the_same_global_batch(runs, stage):
     root, _, _ = runs
@@ -69,6 +70,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs, stage):
     assert close(one, two)
 
 
+@pytest.mark.slow
 def test_only_rank_zero_writes_and_prints(runs):
     root, _, logs = runs
     files = sorted(p.name for p in (root / "two").iterdir() if not p.name.startswith(("tokens-", "tokenizer_ddp")))
@@ -77,6 +79,7 @@ def test_only_rank_zero_writes_and_prints(runs):
     assert not list((root / "two").glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_torchrun_interrupted_and_resumed_ends_where_uninterrupted_ends(runs):
     root, data, _ = runs
     out = root / "resumed"
@@ -88,6 +91,7 @@ def test_torchrun_interrupted_and_resumed_ends_where_uninterrupted_ends(runs):
     assert close(weights(out / "var.pt"), weights(root / "two" / "var.pt"), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_split_is_one_line(runs, tmp_path):
     root, data, _ = runs
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,

@@ -23,6 +23,7 @@ def setup(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_step_returns_its_metrics_as_tensors(setup):
     """Reading a number off a GPU waits for it: the loop reads metrics only when it logs."""
 

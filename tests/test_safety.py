@@ -68,6 +68,7 @@ def copy_dependency(stage, reference, out):
     shutil.copy(reference / needed, out / needed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage, at", [("tokenizer", 12), ("var", 7)])
 def test_ctrl_c_right_after_the_optimizer_step_saves_a_whole_step(stage, at, data_dir, reference, tmp_path,
                                                                    monkeypatch):
@@ -94,6 +95,7 @@ def test_ctrl_c_right_after_the_optimizer_step_saves_a_whole_step(stage, at, dat
     assert not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_fresh_run_refuses_to_replace_a_finished_one(data_dir, reference, capsys):
     before = {p.name: p.read_bytes() for p in reference.iterdir() if p.suffix in (".pt", ".jsonl")}
     message = exits(data_dir, reference, "--stage", "tokenizer")
@@ -102,6 +104,7 @@ def test_a_fresh_run_refuses_to_replace_a_finished_one(data_dir, reference, caps
     assert before == {p.name: p.read_bytes() for p in reference.iterdir() if p.suffix in (".pt", ".jsonl")}
 
 
+@pytest.mark.slow
 def test_force_starts_over(data_dir, reference, tmp_path):
     out = tmp_path / "out"
     copy_dependency("var", reference, out)
@@ -110,6 +113,7 @@ def test_force_starts_over(data_dir, reference, tmp_path):
     assert same(weights(out / "var.pt"), weights(reference / "var.pt"))
 
 
+@pytest.mark.slow
 def test_all_resumes_an_unfinished_stage_instead_of_skipping_it(data_dir, reference, tmp_path, capsys):
     out = tmp_path / "out"
     run(data_dir, out, "--stage", "tokenizer", "--stop-at", "12")  # trains the perceptual network first
@@ -120,6 +124,7 @@ def test_all_resumes_an_unfinished_stage_instead_of_skipping_it(data_dir, refere
         assert same(weights(out / f"{stage}.pt"), weights(reference / f"{stage}.pt")), stage
 
 
+@pytest.mark.slow
 def test_divergence_stops_the_run_and_keeps_the_last_good_checkpoint(data_dir, reference, tmp_path):
     out = tmp_path / "out"
     copy_dependency("var", reference, out)
@@ -207,6 +212,7 @@ def test_a_copy_that_differs_from_the_official_files_is_used_with_one_notice(tmp
     assert len(notice) == 1 and "data_batch_2" in notice[0] and "official" in notice[0] and len(images) == 200
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(data_dir, reference, tmp_path, monkeypatch):
     out = tmp_path / "out"
     copy_dependency("var", reference, out)
@@ -226,6 +232,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(data_dir, referen
     assert (out / "var.pt").read_bytes() == good and not list(out.glob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_a_damaged_token_cache_is_rebuilt_with_a_notice(data_dir, reference, tmp_path, capsys):
     out = tmp_path / "out"
     copy_dependency("var", reference, out)
@@ -247,6 +254,7 @@ def test_temporaries_of_a_killed_save_are_removed_and_outputs_get_normal_permiss
     assert (tmp_path / "x.pt").stat().st_mode & 0o777 == 0o666 & ~mask
 
 
+@pytest.mark.slow
 def test_resume_cuts_the_log_back_to_the_checkpoint(data_dir, reference, tmp_path):
     out = tmp_path / "out"
     copy_dependency("var", reference, out)
@@ -268,6 +276,7 @@ def test_a_folder_flag_naming_a_file_is_one_line(flag, tmp_path):
     assert e.value.code == f"error: {flag} {tmp_path / 'file'} is a file, not a folder"
 
 
+@pytest.mark.slow
 def test_a_failed_download_leaves_no_folders_behind(tmp_path):
     result = subprocess.run([sys.executable, "train.py", "--preset", "tiny", "--data-dir", str(tmp_path / "a" / "b"),
                              "--out-dir", str(tmp_path / "out")], cwd=ROOT, env=OFFLINE, capture_output=True, text=True)

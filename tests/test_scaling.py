@@ -55,6 +55,7 @@ def tiny_settings(root, depths):
             "tokenizer": str(root / "tok" / "tokenizer.pt")}
 
 
+@pytest.mark.slow
 def test_a_tiny_study_end_to_end_continues_after_a_stop(tiny_tokenizer, tmp_path):
     root, out, cpu = tiny_tokenizer, tmp_path / "study.json", torch.device("cpu")
     data = load_cifar10(root / "data", "train"), load_cifar10(root / "data", "test")
@@ -91,6 +92,7 @@ def test_a_tiny_study_end_to_end_continues_after_a_stop(tiny_tokenizer, tmp_path
     (["--depths", "3"], "two or more positive depths"),
     (["--tokenizer", "nowhere/tokenizer.pt"], "does not exist"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line(tiny_tokenizer, tmp_path, args, message):
     tokenizer = ["--tokenizer", tiny_tokenizer / "tok" / "tokenizer.pt"]
     result = run_script("-m", "minivar.studies.scaling", "--data-dir", tiny_tokenizer / "data", "--out", tmp_path / "s.json",

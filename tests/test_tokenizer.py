@@ -37,6 +37,7 @@ def trained():
     return train_tiny(TokenizerConfig(**TINY))
 
 
+@pytest.mark.slow
 def test_decode_of_encode_equals_training_reconstruction(trained):
     tok, x = trained
     x_rec, _, info = tok(x)
@@ -44,6 +45,7 @@ def test_decode_of_encode_equals_training_reconstruction(trained):
     assert [idx.shape[-1] for idx in info["idx"]] == list(tok.cfg.scales)
 
 
+@pytest.mark.slow
 def test_reconstruction_improves_at_every_scale(trained):
     tok, x = trained
     errors = [F.mse_loss(rec, x).item() for rec in tok.cumulative_reconstructions(x)]
@@ -57,6 +59,7 @@ def phi_by_hand(tok, h, k):
     return (1 - q.phis[0].rho) * h + q.phis[0].rho * F.conv2d(h, conv.weight, conv.bias, padding=1)
 
 
+@pytest.mark.slow
 def test_teacher_forcing_inputs_are_area_resized_cumulative_reconstructions(trained):
     tok, x = trained
     idx_list, scales, q = tok.encode(x[:4]), tok.cfg.scales, tok.quantizer
@@ -99,6 +102,7 @@ def test_single_scale_is_a_plain_vqvae():
     assert torch.equal(idx[0], tok.quantizer.nearest_code(f))  # plain nearest-code lookup
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cosine", [True, False])
 @pytest.mark.parametrize("scales", [(8,), (1, 2, 3, 4, 5, 6, 8)])
 def test_dead_codes_are_reseeded_and_training_stays_stable(scales, cosine):

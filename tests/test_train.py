@@ -8,6 +8,8 @@ from PIL import Image
 
 from tests.conftest import run_script
 
+pytestmark = pytest.mark.slow  # every test here runs train.py, sample.py or evaluate in a process of its own
+
 OFFLINE = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz"}
 
 

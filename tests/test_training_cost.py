@@ -200,6 +200,7 @@ def test_attention_survives_a_checkpoint_round_trip(tmp_path, attention):
 
 # --- the benchmark ---
 
+@pytest.mark.slow
 def test_benchmark_writes_json_and_plot_and_reports_skips(tmp_path, capsys):
     """n = 2 is measured (each run in its own process); n = 3 is predicted to exceed --max-run-s."""
     flags = ["--grids", "2,3", "--batch-sizes", "1", "--dim", "16", "--depth", "1", "--heads", "2",
