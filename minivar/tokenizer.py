@@ -37,8 +37,8 @@ class TokenizerConfig:
     # Training only (training/sharpness.py): the terms that make reconstructions sharp. 0 switches one off;
     # both at 0 is the plain L2 tokenizer.
     adversarial_weight: float = 0.5  # patch-discriminator (hinge) loss, on top of VQGAN's adaptive weight
-    disc_start: int = 400  # the step the discriminator starts at, once reconstructions have settled
-    disc_ramp: int = 0  # steps over which the adversarial weight rises from 0, while the fresh discriminator learns
+    disc_start: int = 500  # the step the discriminator starts learning, once reconstructions have settled
+    disc_warmup: int = 300  # steps it learns alone before its loss reaches the decoder (a fresh one is noise)
     perceptual_weight: float = 0.1  # distance between a CIFAR-10 classifier's features of x and x̂
 
 

@@ -23,12 +23,12 @@ def fake_split(n, seed=0):
     return torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8), torch.randint(0, 10, (n,), generator=g)
 
 
-def tokenizer_stage(adversarial_weight, perceptual_weight, disc_start=3):
+def tokenizer_stage(adversarial_weight, perceptual_weight, disc_start=3, disc_warmup=0):
     torch.manual_seed(0)
     net = FeatureClassifier((8, 16, 16))
     run = SimpleNamespace(batch_size=8, seed=0, eval_images=16, reseed_every=100, lr=1e-3)
     cfg = TokenizerConfig(**TINY, adversarial_weight=adversarial_weight, perceptual_weight=perceptual_weight,
-                          disc_start=disc_start)
+                          disc_start=disc_start, disc_warmup=disc_warmup)
     perceptual = {"model_config": {"widths": (8, 16, 16)}, "model": net.state_dict()}
     return TokenizerStage(run, cfg, fake_split(32), fake_split(16, 1), torch.device("cpu"), perceptual=perceptual)
 
@@ -65,6 +65,16 @@ def test_the_adversarial_term_starts_at_disc_start():
     before = [p.clone() for p in stage.discriminator.parameters()]
     assert "disc_loss" in stage.after_step(3, torch.optim.Adam(stage.model.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(before, stage.discriminator.parameters()))  # D learned
+
+
+def test_the_discriminator_learns_alone_during_its_warm_up():
+    stage = tokenizer_stage(0.5, 0.0, disc_start=3, disc_warmup=2)
+    optimizer = torch.optim.Adam(stage.model.parameters())
+    for step in (3, 4):  # D learns, the decoder does not hear of it yet
+        loss, metrics = stage.loss(step)
+        assert "gen_loss" not in metrics and torch.equal(loss, plain_loss(stage, step))
+        assert "disc_loss" in stage.after_step(step, optimizer)
+    assert "gen_loss" in stage.loss(5)[1]
 
 
 def test_hinge_loss_is_zero_only_when_the_discriminator_is_sure_and_right():

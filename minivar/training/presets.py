@@ -51,8 +51,8 @@ MODEL_FLAGS = {
     "scales": ("tokenizer", "token-map sides, e.g. 1,2,3,4,5,6,8 (VAR) or 8 (the AR baseline's tokenizer)"),
     "adversarial_weight": ("tokenizer", "weight of the discriminator's loss (0: off)"),
     "perceptual_weight": ("tokenizer", "weight of the perceptual loss (0: off; both 0: the plain L2 tokenizer)"),
-    "disc_start": ("tokenizer", "the step the discriminator and its loss start at"),
-    "disc_ramp": ("tokenizer", "steps over which the adversarial weight rises from 0 to its value"),
+    "disc_start": ("tokenizer", "the step the discriminator starts learning"),
+    "disc_warmup": ("tokenizer", "steps it learns alone before its loss reaches the decoder"),
     "attention": ("var", "attention in full passes: sdpa (the dense mask), flex (FlexAttention: skips masked tiles) "
                          "or auto (time both on this device at start-up, keep the faster)"),
 }
@@ -62,13 +62,13 @@ MODEL_FLAGS = {
 PRESETS = {
     "gpu": {"perceptual": ({"max_steps": 1500, "batch_size": 256, "lr": 3e-3, "eval_every": 1500}, {}),
             "tokenizer": ({"max_steps": 3000, "batch_size": 128, "lr": 2e-3, "eval_every": 1500},
-                          {"widths": (128, 256, 256), "res_blocks": 2, "disc_start": 1000}),
+                          {"widths": (128, 256, 256), "res_blocks": 2, "disc_start": 1000, "disc_warmup": 500}),
             "var": ({"max_steps": 6000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 300,
                      "eval_every": 3000}, {"dim": 384, "depth": 8, "heads": 6})},
     "cpu": {"perceptual": ({"max_steps": 800, "batch_size": 128, "lr": 2e-3, "warmup_steps": 50, "eval_every": 800,
                             "eval_images": 2000}, {}),
             "tokenizer": ({"max_steps": 1400, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000},
-                          {"widths": (64, 128, 128), "res_blocks": 1, "disc_start": 400}),
+                          {"widths": (64, 128, 128), "res_blocks": 1, "disc_start": 500, "disc_warmup": 300}),
             "var": ({"max_steps": 1200, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100,
                      "eval_every": 400, "eval_images": 2000}, {"dim": 192, "depth": 6, "heads": 4})},
     "tiny": {"perceptual": ({"max_steps": 10, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "log_every": 5,
@@ -76,14 +76,14 @@ PRESETS = {
              "tokenizer": ({"max_steps": 30, "batch_size": 16, "lr": 2e-3, "warmup_steps": 5, "log_every": 5,
                             "eval_every": 15, "eval_images": 64, "reseed_every": 10},
                            {"widths": (16, 32, 32), "res_blocks": 1, "vocab_size": 64, "latent_dim": 8,
-                            "disc_start": 10}),
+                            "disc_start": 8, "disc_warmup": 2}),
              "var": ({"max_steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 5,
                       "eval_every": 10, "eval_images": 64}, {"dim": 32, "depth": 2, "heads": 2})},
 }
 PRESETS["gpu-long"] = {  # the gpu preset scaled up for about an hour
     "perceptual": PRESETS["gpu"]["perceptual"],
     "tokenizer": ({**PRESETS["gpu"]["tokenizer"][0], "max_steps": 15_000, "eval_every": 5000},
-                  {**PRESETS["gpu"]["tokenizer"][1], "disc_start": 5000}),
+                  {**PRESETS["gpu"]["tokenizer"][1], "disc_start": 5000, "disc_warmup": 1000}),
     "var": ({**PRESETS["gpu"]["var"][0], "max_steps": 30_000, "warmup_steps": 1000, "eval_every": 10_000},
             {"dim": 512, "depth": 12, "heads": 8})}
 for _preset in PRESETS.values():  # the AR baseline gets VAR's budget: same width, depth, steps, batch
@@ -127,7 +127,7 @@ def parse_args(doc, argv=None) -> dict:
     for name in ("adversarial_weight", "perceptual_weight"):
         parser.add_argument("--" + name.replace("_", "-"), type=non_negative, metavar="W",
                             help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {getattr(TokenizerConfig, name)})")
-    for name in ("disc_start", "disc_ramp"):
+    for name in ("disc_start", "disc_warmup"):
         parser.add_argument("--" + name.replace("_", "-"), type=non_negative_int, metavar="STEPS",
                             help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {preset_default_model(name)})")
     parser.add_argument("--attention", choices=("sdpa", "flex", "auto"),

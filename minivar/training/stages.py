@@ -137,11 +137,10 @@ class TokenizerStage(Stage):
                 rec_loss = rec_loss + cfg.perceptual_weight * distance
                 metrics["perceptual"] = distance.detach()
             loss = rec_loss + info["vq_loss"]
-            if self.discriminator is not None and step >= cfg.disc_start:
+            if self.discriminator is not None and step >= cfg.disc_start + cfg.disc_warmup:
                 gen_loss = -self.disc_net(x_rec).mean()  # the decoder wants D to call x_rec real
                 weight = adaptive_weight(rec_loss, gen_loss, self.model.decoder[-1].weight)
-                ramp = min(1.0, (step - cfg.disc_start + 1) / cfg.disc_ramp) if cfg.disc_ramp else 1.0
-                loss = loss + cfg.adversarial_weight * ramp * weight * gen_loss
+                loss = loss + cfg.adversarial_weight * weight * gen_loss
                 metrics.update(gen_loss=gen_loss.detach(), adaptive_weight=weight)
         self._last = (x, x_rec.detach(), info["f"].detach().float())
         return loss, {"loss": loss.detach(), **metrics}
