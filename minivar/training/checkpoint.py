@@ -76,7 +76,8 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
     if not is_zip:
-        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip archive); pass a file written by train.py")
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip archive); pass a file written by "
+                              "train.py")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refusals are UnpicklingErrors; damaged archives RuntimeErrors
@@ -122,3 +123,41 @@ def generator_from_checkpoint(ckpt, ckpt_path, device):
         raise CheckpointError(f"{ckpt_path}: its weights do not match the model config stored with them") from None
     tokenizer = frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"])
     return model.to(device).eval(), tokenizer.to(device)
+
+
+def export_for_sampling(ckpt_path, out_path, sampling=None):
+    """A var (or ar) checkpoint made small for sampling: model and tokenizer weights in half
+    precision, no optimizer state, plus the sampling settings to use by default (sample.py
+    reads them). Loads like any checkpoint (as_float32 restores float32 weights)."""
+    ckpt = load_checkpoint(ckpt_path)
+    if ckpt["kind"] not in ("var", "ar"):
+        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed")
+    half = {k: {name: v.half() if v.is_floating_point() else v for name, v in ckpt[k].items()}
+            for k in ("model", "tokenizer")}
+    keep = ("kind", "model_config", "tokenizer_config", "train_config", "step", "train_seconds", "finished")
+    save_checkpoint({**{k: ckpt[k] for k in keep if k in ckpt}, **half, "sampling": dict(sampling or {})}, out_path)
+
+
+def main(argv=None):
+    """python -m minivar.training.checkpoint out/var.pt checkpoints/var_cpu.pt --cfg-scale 2"""
+    import sys
+
+    from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, probability
+    p = OneLineParser(prog="python -m minivar.training.checkpoint", description="Export a var or ar checkpoint for "
+                      "sampling: half-precision weights, no optimizer state, default sampling settings")
+    p.add_argument("ckpt", help="a var or ar checkpoint written by train.py")
+    p.add_argument("out", help="the file to write")
+    for flag, kind in (("--cfg-scale", non_negative), ("--top-k", non_negative_int), ("--top-p", probability),
+                       ("--temperature", positive)):
+        p.add_argument(flag, type=kind, help="the default sample.py will use (default: none stored)")
+    args = p.parse_args(argv)
+    sampling = {k: v for k in ("cfg_scale", "top_k", "top_p", "temperature") if (v := getattr(args, k)) is not None}
+    try:
+        export_for_sampling(args.ckpt, args.out, sampling)
+    except (CheckpointError, OSError) as e:
+        sys.exit(f"error: {e}")
+    print(f"wrote {args.out}: {Path(args.out).stat().st_size / 2**20:.1f} MiB, sampling defaults {sampling}")
+
+
+if __name__ == "__main__":
+    main()
