@@ -48,9 +48,9 @@ def timed(fn, repeats, warmup=1, device=None):
     return sorted(times)[len(times) // 2]
 
 
-def matmul_peak_flops(device, n=2048, repeats=5):
-    """fp32 FLOP/s of one large square matmul: the ceiling a model's matmuls can reach."""
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+def matmul_peak_flops(device, n=2048, repeats=5, dtype=torch.float32):
+    """FLOP/s of one large square matmul in `dtype`: the ceiling a model's matmuls can reach."""
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / timed(lambda: a @ b, repeats, warmup=2, device=device)
 
 
@@ -115,25 +115,28 @@ def bench_var(args, device):
     targets, labels = flatten_scales(idx_list), torch.randint(10, (B,), device=device)
     x = model.teacher_forcing_inputs(tok.quantizer, targets)
 
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")  # as train.py on CUDA
+
     def transformer_only():
-        _, loss = model(x, labels, targets)
+        with precision:
+            _, loss = model(x, labels, targets)
         model.zero_grad(set_to_none=True)
         loss.backward()
 
     def stage_step():
-        with torch.no_grad():
+        with precision:
             inputs = model.teacher_forcing_inputs(tok.quantizer, targets)
-        _, loss = model(inputs, labels, targets)
+            _, loss = model(inputs, labels, targets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
 
-    peak = matmul_peak_flops(device)
+    peak = matmul_peak_flops(device, dtype=torch.bfloat16 if args.dtype == "bf16" else torch.float32)
     t_model = timed(transformer_only, args.repeats, warmup=2, device=device)
     t_step = timed(stage_step, args.repeats, warmup=2, device=device)
     flops = transformer_train_flops(model, B)
-    result.update(train_batch=B, train_tokens_per_s=B * model.seq_len / t_step, matmul_peak_gflops=peak / 1e9,
+    result.update(train_batch=B, dtype=args.dtype, train_tokens_per_s=B * model.seq_len / t_step, matmul_peak_gflops=peak / 1e9,
                   achieved_gflops=flops / t_model / 1e9, fraction_of_peak=flops / t_model / peak,
                   stage_step_over_transformer=t_step / t_model)
 
@@ -174,6 +177,8 @@ def main(argv=None):
     p.add_argument("--batch", type=positive_int, default=64, help="var: training batch (default: 64)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats; the median is kept (default: 5)")
     p.add_argument("--skip-sampling", action="store_true", help="var: training figures only")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="var: the training step under bf16 "
+                   "autocast (as train.py on a CUDA GPU), against a bf16 matmul peak (default: fp32)")
     args = p.parse_args(argv)
     try:
         args.scales = tuple(int(s) for s in args.scales.split(","))
