@@ -111,7 +111,7 @@ def parse_args(argv=None):
     p.add_argument("--top-k", type=non_negative_int, help="keep the k most likely tokens, 0 for all ("
                                                           + checkpoint_decides.format(0) + ")")
     p.add_argument("--top-p", type=probability, help="nucleus sampling: keep the most likely tokens up to this "
-                                                     "probability mass, 1 for all (" + checkpoint_decides.format(1) + ")")
+                   "probability mass, 1 for all (" + checkpoint_decides.format(1) + ")")
     p.add_argument("--temperature", type=positive, help="divides the logits (" + checkpoint_decides.format(1) + ")")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws: the same seed gives the same "
                                                        "grid (default: 0)")

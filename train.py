@@ -54,8 +54,8 @@ def dependency(kind, cfg, model_cfg, out_dir):
         tok = load_checkpoint(path, "tokenizer")
         if kind == "var" and len(tok["model_config"]["scales"]) == 1:
             raise ValueError(f"--stage var needs a multi-scale tokenizer, but {path} has scales "
-                             f"{tuple(tok['model_config']['scales'])}: train one with python train.py --stage tokenizer "
-                             "--out-dir DIR, then pass --out-dir DIR (or --tokenizer DIR/tokenizer.pt)")
+                             f"{tuple(tok['model_config']['scales'])}: train one with python train.py --stage "
+                             "tokenizer --out-dir DIR, then pass --out-dir DIR (or --tokenizer DIR/tokenizer.pt)")
         if not tok.get("finished", True):
             print(f"note: {path} is an unfinished run (step {tok['step']}); training on it as it is")
         return {"tokenizer": {"tokenizer_config": tok["model_config"], "tokenizer": tok["model"]}}
@@ -171,7 +171,8 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
             if step % cfg.log_every == 0 or step == last_step:
                 check_diverged()  # reading the flag waits for the device: only here and before a save
                 values = {k: v.tolist() for k, v in metrics.items()}
-                values[f"{stage.items}/s"] = (step - window[1]) * stage.items_per_step / (time.perf_counter() - window[0])
+                items = (step - window[1]) * stage.items_per_step
+                values[f"{stage.items}/s"] = items / (time.perf_counter() - window[0])
                 window = (time.perf_counter(), step)
                 bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if isinstance(v, float)}, refresh=False)
                 write_line(log, {"step": step, "seconds": round(seconds, 2), "lr": optimizer.param_groups[0]["lr"],

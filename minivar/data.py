@@ -176,7 +176,8 @@ class EpochSampler:
 
     def __init__(self, n_rows, batch_size, seed=0, rank=0, world_size=1, device="cpu"):
         if batch_size > n_rows:
-            raise DataError(f"batch size {batch_size} is larger than the data ({n_rows} rows); use a smaller --batch-size")
+            raise DataError(f"batch size {batch_size} is larger than the data ({n_rows} rows); "
+                            "use a smaller --batch-size")
         self.n_rows, self.batch_size, self.seed = n_rows, batch_size, seed
         self.rank, self.world_size, self.device = rank, world_size, torch.device(device)
         self.batches_per_epoch = n_rows // batch_size  # drop the ragged last batch

@@ -136,7 +136,8 @@ def bench_var(args, device):
     t_model = timed(transformer_only, args.repeats, warmup=2, device=device)
     t_step = timed(stage_step, args.repeats, warmup=2, device=device)
     flops = transformer_train_flops(model, B)
-    result.update(train_batch=B, dtype=args.dtype, train_tokens_per_s=B * model.seq_len / t_step, matmul_peak_gflops=peak / 1e9,
+    result.update(train_batch=B, dtype=args.dtype, train_tokens_per_s=B * model.seq_len / t_step,
+                  matmul_peak_gflops=peak / 1e9,
                   achieved_gflops=flops / t_model / 1e9, fraction_of_peak=flops / t_model / peak,
                   stage_step_over_transformer=t_step / t_model)
 
@@ -153,7 +154,8 @@ def bench_var(args, device):
             key = f"sample_b{batch}_{'cache' if cache else 'nocache'}"
             result[key + "_s"] = t
             result[key + "_images_per_s"] = batch / t
-        result[f"sample_b{batch}_cache_speedup"] = result[f"sample_b{batch}_nocache_s"] / result[f"sample_b{batch}_cache_s"]
+        key = f"sample_b{batch}"
+        result[f"{key}_cache_speedup"] = result[f"{key}_nocache_s"] / result[f"{key}_cache_s"]
     return result
 
 
@@ -163,11 +165,13 @@ def main(argv=None):
     p.add_argument("what", choices=["tokenizer", "var"], help="what to measure")
     p.add_argument("--ckpt", help="the checkpoint to measure (var: a var or ar checkpoint)")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (default: ./data)")
-    p.add_argument("--n", type=positive_int, default=10_000, help="test images for the quality figures (default: 10000)")
+    p.add_argument("--n", type=positive_int, default=10_000,
+                   help="test images for the quality figures (default: 10000)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument("--out", help="JSON file (default: bench_<what>.json)")
     p.add_argument("--random", action="store_true", help="var: random weights, speed only (no checkpoint, no data)")
-    p.add_argument("--dim", type=positive_int, default=VARConfig.dim, help=f"--random: width (default: {VARConfig.dim})")
+    p.add_argument("--dim", type=positive_int, default=VARConfig.dim,
+                   help=f"--random: width (default: {VARConfig.dim})")
     p.add_argument("--depth", type=positive_int, default=VARConfig.depth,
                    help=f"--random: blocks (default: {VARConfig.depth})")
     p.add_argument("--heads", type=positive_int, default=VARConfig.heads,

@@ -118,7 +118,8 @@ def evaluate(args):
         """One FID and what it was of; `started` is when making the images began."""
         t1 = time.perf_counter()
         fid = frechet_distance(*statistics(features(network, images, device)), mu_ref, sigma_ref)
-        return {"fid": fid, **settings, "seconds": {"images": t1 - started, "features_and_fid": time.perf_counter() - t1}}
+        seconds = {"images": t1 - started, "features_and_fid": time.perf_counter() - t1}
+        return {"fid": fid, **settings, "seconds": seconds}
 
     rows, started = [], time.perf_counter()
     if kind == "tokenizer":

@@ -221,7 +221,8 @@ def print_table(result):
     for key, name in (("loss_vs_params", "avg"), ("loss_last_vs_params", "last")):
         if key in fits:
             f = fits[key]
-            print(f"L_{name:4s} = ({f['a']:.3g}·N)^-{f['alpha']:.3f}   R² {f['r2']:.3f}   (paper: α ≈ {PAPER_ALPHA[name]})")
+            print(f"L_{name:4s} = ({f['a']:.3g}·N)^-{f['alpha']:.3f}   R² {f['r2']:.3f}   "
+                  f"(paper: α ≈ {PAPER_ALPHA[name]})")
     for key, name in (("loss_vs_compute", "avg"), ("loss_last_vs_compute", "last")):
         if key in fits:
             f = fits[key]

@@ -235,7 +235,7 @@ def int_list(text):
     try:
         return parse_ints(text, "")
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 8,16,32") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 8,16") from None
 
 
 def variant_list(text):

@@ -120,7 +120,8 @@ def parse_args(doc, argv=None) -> dict:
             continue
         decided = any(f.name in stages[k][0] for stages in PRESETS.values() for k in STAGES)
         kind = checks.get(f.name, positive_int if f.type in (int, "int") else str)
-        parser.add_argument(option, type=kind, default=None, choices=meta.get("choices"), metavar=None if "choices" in meta else f.name.upper(),
+        parser.add_argument(option, type=kind, default=None, choices=meta.get("choices"),
+                            metavar=None if "choices" in meta else f.name.upper(),
                             help=f"{meta['help']} (default: {preset_default(f.name) if decided else f.default})")
     parser.add_argument("--scales", type=parse_scales, metavar="SIDES",
                         help=f"tokenizer: {MODEL_FLAGS['scales'][1]} (default: 1,2,3,4,5,6,8)")
