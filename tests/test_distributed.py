@@ -45,7 +45,8 @@ def runs(tmp_path_factory):
     data = ["--data-dir", root / "data"]
     single(*data, "--out-dir", root / "one")
     (root / "two").mkdir()
-    (root / "two" / "perceptual.pt").write_bytes((root / "one" / "perceptual.pt").read_bytes())
+    for name in ("perceptual.pt", "perceptual_log.jsonl"):
+        (root / "two" / name).write_bytes((root / "one" / name).read_bytes())
     logs = torchrun("--stage", "tokenizer", *data, "--out-dir", root / "two")
     (root / "two" / "tokenizer.pt").rename(root / "two" / "tokenizer_ddp.pt")
     (root / "two" / "tokenizer.pt").write_bytes((root / "one" / "tokenizer.pt").read_bytes())
@@ -67,7 +68,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs, stage):
     root, _, _ = runs
     two_name = "tokenizer_ddp.pt" if stage == "tokenizer" else "var.pt"
     one, two = weights(root / "one" / f"{stage}.pt"), weights(root / "two" / two_name)
-    assert close(one, two)
+    # The all-reduce sums the half batches' gradients in another order than one process does. Adam
+    # divides each gradient by its own running size, so a weight whose gradient is near zero can move
+    # by up to the learning rate (tiny tokenizer: 2e-3) on a rounding difference; the perceptual
+    # loss's unit-normalised features have many such weights. Half a step of it is the tolerance.
+    assert close(one, two, atol=1e-3 if stage == "tokenizer" else 1e-4)
 
 
 @pytest.mark.slow
