@@ -69,7 +69,7 @@ PRESETS = {
                             "eval_images": 2000}, {}),
             "tokenizer": ({"max_steps": 1400, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000},
                           {"widths": (64, 128, 128), "res_blocks": 1, "disc_start": 500, "disc_warmup": 300}),
-            "var": ({"max_steps": 1200, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100,
+            "var": ({"max_steps": 1700, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100,
                      "eval_every": 400, "eval_images": 2000}, {"dim": 192, "depth": 6, "heads": 4})},
     "tiny": {"perceptual": ({"max_steps": 10, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "log_every": 5,
                              "eval_every": 10, "eval_images": 64}, {"widths": (8, 16, 16)}),
