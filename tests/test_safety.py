@@ -333,7 +333,7 @@ def start(data_dir, out, stage, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-INTERRUPTS = int(os.environ.get("MINIVAR_INTERRUPTS", "3"))  # per stage and signal; 20 in all once by hand
+INTERRUPTS = int(os.environ.get("MINIVAR_INTERRUPTS", "5"))  # per stage and signal: 20 interrupts in all
 
 
 @pytest.mark.slow
