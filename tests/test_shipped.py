@@ -1,0 +1,70 @@
+"""The model shipped in checkpoints/: small, safe to load, and what sample.py uses when you have no run."""
+import os
+
+import torch
+
+from minivar.applications.editing import edit
+from minivar.data import to_float
+from minivar.quantizer import flatten_scales
+from minivar.training.checkpoint import generator_from_checkpoint, load_checkpoint
+from minivar.training.workspace import SHIPPED
+from tests.conftest import ROOT, run_script, write_fake_cifar
+
+
+def shipped():
+    ckpt = load_checkpoint(SHIPPED)  # weights_only=True inside, like every checkpoint the project reads
+    return ckpt, *generator_from_checkpoint(ckpt, SHIPPED, torch.device("cpu"))
+
+
+def test_the_shipped_checkpoint_is_one_small_half_precision_file():
+    assert SHIPPED.is_file(), "checkpoints/var_cpu.pt is part of the repository"
+    assert SHIPPED.stat().st_size <= 16 * 2**20
+    ckpt = torch.load(SHIPPED, weights_only=True)
+    assert ckpt["kind"] == "var" and "optimizer" not in ckpt
+    weights = [t for part in ("model", "tokenizer") for t in ckpt[part].values() if t.is_floating_point()]
+    assert weights and all(t.dtype == torch.float16 for t in weights)
+
+
+def test_it_carries_valid_sampling_defaults():
+    ckpt, _, _ = shipped()
+    sampling = ckpt["sampling"]
+    assert set(sampling) == {"cfg_scale", "top_k", "top_p", "temperature"}
+    assert sampling["cfg_scale"] >= 0 and sampling["top_k"] >= 0 and 0 < sampling["top_p"] <= 1
+    assert sampling["temperature"] > 0
+
+
+def test_it_samples_and_decodes_images_in_range():
+    ckpt, model, tok = shipped()
+    labels = torch.arange(10)
+    idx_list = model.generate(tok.quantizer, labels, generator=torch.Generator().manual_seed(0), **ckpt["sampling"])
+    assert [tuple(m.shape) for m in idx_list] == [(10, s, s) for s in tok.cfg.scales]
+    images = tok.decode(idx_list).float()
+    assert images.shape == (10, 3, 32, 32) and images.isfinite().all()
+    assert images.std(dim=(1, 2, 3)).min() > 0.05  # pictures, not flat fields
+
+
+def test_editing_keeps_every_token_outside_the_box():
+    ckpt, model, tok = shipped()
+    pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    image = to_float(pixels)
+    images, source_BL, keep_L = edit(model, tok, image.expand(2, -1, -1, -1), torch.tensor([3, 5]), (8, 8, 24, 24),
+                                     "inpaint", generator=torch.Generator().manual_seed(0), **ckpt["sampling"])
+    assert images.shape == (2, 3, 32, 32) and 0 < keep_L.sum() < len(keep_L)
+    idx_list = model.generate(tok.quantizer, torch.tensor([3, 5]), keep=(source_BL, keep_L[None].expand_as(source_BL)),
+                              generator=torch.Generator().manual_seed(0), **ckpt["sampling"])
+    generated = flatten_scales(idx_list)
+    assert torch.equal(generated[:, keep_L], source_BL[:, keep_L])  # the same call edit() makes
+    assert not torch.equal(generated[:, ~keep_L], source_BL[:, ~keep_L])  # and the box was redrawn
+
+
+def test_sample_py_with_no_run_uses_the_shipped_model(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MINIVAR_")}
+    result = run_script(ROOT / "sample.py", "--classes", "cat,ship", "--n-per-class", "2", "--out",
+                        tmp_path / "grid.png", env=env, cwd=tmp_path)  # no out/ here
+    assert result.returncode == 0, result.stderr
+    assert "var_cpu.pt" in result.stdout and (tmp_path / "grid.png").is_file()
+    write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    for extra in (["--reject", "2"], ["--edit", "inpaint", "--image", "3", "--data-dir", tmp_path / "data"]):
+        result = run_script(ROOT / "sample.py", "--classes", "cat", "--n-per-class", "2", "--out",
+                            tmp_path / "more.png", *extra, env=env, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
