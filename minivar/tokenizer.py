@@ -37,7 +37,7 @@ class TokenizerConfig:
     # Training only (training/sharpness.py): the terms that make reconstructions sharp. 0 switches one off;
     # both at 0 is the plain L2 tokenizer.
     # Off by default: at the cpu preset's budget a discriminator made reconstructions worse (rFID of 1,000
-    # test images at step 800: 41 perceptual alone, 60-71 with it; results/sharp_tokenizer/README.md).
+    # test images at step 800: 41 perceptual alone, 60-71 with it; results/README.md).
     adversarial_weight: float = 0.0  # patch-discriminator (hinge) loss, on top of VQGAN's adaptive weight
     disc_start: int = 500  # the step the discriminator starts learning, once reconstructions have settled
     disc_warmup: int = 300  # steps it learns alone before its loss reaches the decoder (a fresh one is noise)
