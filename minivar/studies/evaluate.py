@@ -34,6 +34,7 @@ from minivar.studies.metrics import (
     statistics,
 )
 from minivar.training.checkpoint import (
+    SAMPLING_SETTINGS,
     CheckpointError,
     frozen_tokenizer,
     generator_from_checkpoint,
@@ -68,8 +69,8 @@ def generated_images(model, tokenizer, n, settings, args, device):
 
 def sampling_grid(args):
     """Every combination of the sampling settings given (each flag may list several values)."""
-    names = ("cfg_scale", "top_k", "top_p", "temperature")
-    return [dict(zip(names, values)) for values in itertools.product(*(getattr(args, k) for k in names))]
+    return [dict(zip(SAMPLING_SETTINGS, values))
+            for values in itertools.product(*(getattr(args, k) for k in SAMPLING_SETTINGS))]
 
 
 @torch.no_grad()

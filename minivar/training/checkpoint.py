@@ -125,6 +125,9 @@ def generator_from_checkpoint(ckpt, ckpt_path, device):
     return model.to(device).eval(), tokenizer.to(device)
 
 
+SAMPLING_SETTINGS = ("cfg_scale", "top_k", "top_p", "temperature")  # what a checkpoint's "sampling" may hold
+
+
 def export_for_sampling(ckpt_path, out_path, sampling=None):
     """A var (or ar) checkpoint made small for sampling: model and tokenizer weights in half
     precision, no optimizer state, plus the sampling settings to use by default (sample.py
@@ -151,7 +154,7 @@ def main(argv=None):
                        ("--temperature", positive)):
         p.add_argument(flag, type=kind, help="the default sample.py will use (default: none stored)")
     args = p.parse_args(argv)
-    sampling = {k: v for k in ("cfg_scale", "top_k", "top_p", "temperature") if (v := getattr(args, k)) is not None}
+    sampling = {k: v for k in SAMPLING_SETTINGS if (v := getattr(args, k)) is not None}
     try:
         export_for_sampling(args.ckpt, args.out, sampling)
     except (CheckpointError, OSError) as e:
