@@ -98,13 +98,13 @@ def test_exercises_have_checks_and_name_tests_that_exist():
 
 # --- workspace.lesson_setup: which model a lesson runs on (fast) ---
 
-def write_var_checkpoint(path):
+def write_var_checkpoint(path, **extra):
     """A var checkpoint as train.py writes one (random weights; the config travels with them)."""
     tok_cfg = TokenizerConfig(widths=(8, 16, 16), vocab_size=16, latent_dim=4, scales=(1, 2, 4, 8))
     var_cfg = VARConfig(scales=tok_cfg.scales, vocab_size=16, latent_dim=4, dim=16, depth=1, heads=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"kind": "var", "model": VAR(var_cfg).state_dict(), "model_config": vars(var_cfg),
-                "tokenizer_config": vars(tok_cfg), "tokenizer": Tokenizer(tok_cfg).state_dict(), "step": 1}, path)
+                "tokenizer_config": vars(tok_cfg), "tokenizer": Tokenizer(tok_cfg).state_dict(), "step": 1, **extra}, path)
 
 
 @pytest.fixture
@@ -118,12 +118,15 @@ def places(tmp_path, monkeypatch):
 
 
 def test_your_run_comes_before_the_shipped_model(places, capsys):
-    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    recommended = {"cfg_scale": 4.5, "top_k": 50, "top_p": 1.0, "temperature": 1.0}
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt", sampling=recommended)
     lesson = workspace.lesson_setup("var")
     assert lesson.source.startswith("the shipped model") and lesson.model.cfg.dim == 16
+    assert lesson.sampling == recommended  # the exported checkpoint's settings, for the notebooks to sample with
     write_var_checkpoint(places / "out" / "var.pt")
     lesson = workspace.lesson_setup("var")
     assert lesson.source.startswith("your run") and isinstance(lesson.model, VAR) and not lesson.model.training
+    assert lesson.sampling == {}  # train.py's checkpoints recommend none
     assert len(lesson.test_images) == 20 and lesson.tokenizer.cfg.scales == (1, 2, 4, 8)
     out = capsys.readouterr().out
     assert "NOTE" not in out and str(places) not in out  # no banner, no absolute path

@@ -43,6 +43,7 @@ def lesson_setup(need="var"):
 
     need="tokenizer": the tokenizer alone (your tokenizer.pt counts too; model is None).
     Returns a namespace: model (VAR, eval mode, CPU), tokenizer, source (which of the three),
+    sampling (the sampling settings the checkpoint recommends, {} if none: the shipped one has them),
     test_images (uint8 N×3×32×32), test_labels, fast (MINIVAR_FAST=1: skip slow parts)."""
     import contextlib
     import io
@@ -84,8 +85,8 @@ def lesson_setup(need="var"):
     print(f"model: {source}: " + (f"VAR {model.num_params() / 1e6:.2f} M parameters, " if model else "") +
           f"tokenizer {tokenizer.num_params() / 1e6:.2f} M, scales {tokenizer.cfg.scales}, "
           f"codebook of {tokenizer.cfg.vocab_size}")
-    return SimpleNamespace(model=model, tokenizer=tokenizer, source=source, test_images=images, test_labels=labels,
-                           fast=os.environ.get("MINIVAR_FAST") == "1")
+    return SimpleNamespace(model=model, tokenizer=tokenizer, source=source, sampling=ckpt.get("sampling", {}),
+                           test_images=images, test_labels=labels, fast=os.environ.get("MINIVAR_FAST") == "1")
 
 
 def _shown(path) -> str:
