@@ -1,4 +1,5 @@
 """The tokenizer's adversarial and perceptual terms (training/sharpness.py, TokenizerStage)."""
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -75,6 +76,24 @@ def test_the_discriminator_learns_alone_during_its_warm_up():
         assert "gen_loss" not in metrics and torch.equal(loss, plain_loss(stage, step))
         assert "disc_loss" in stage.after_step(step, optimizer)
     assert "gen_loss" in stage.loss(5)[1]
+
+
+def test_on_the_cpu_the_networks_train_channels_last_and_the_loss_is_the_default_layout_s():
+    """conv_layout (training/device.py) is a speed choice only: on the CPU the tokenizer, the
+    classifier and the discriminator hold channels-last weights, and default-layout copies of
+    the same networks give the same loss."""
+    stage = tokenizer_stage(0.5, 0.3, disc_start=0)
+    networks = (stage.model, stage.perceptual, stage.discriminator)
+    weights = [m.weight for net in networks for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert weights and all(w.is_contiguous(memory_format=torch.channels_last) for w in weights)
+    assert not all(w.is_contiguous() for w in weights)  # really a different layout
+    reference = copy.deepcopy(stage)
+    reference.layout = torch.contiguous_format
+    for net in (reference.model, reference.perceptual, reference.discriminator):
+        net.to(memory_format=torch.contiguous_format)
+    (loss, metrics), (ref_loss, ref_metrics) = stage.loss(5), reference.loss(5)
+    assert "gen_loss" in metrics and "perceptual" in metrics
+    assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
 
 
 def test_hinge_loss_is_zero_only_when_the_discriminator_is_sure_and_right():

@@ -22,7 +22,7 @@ from minivar.quantizer import split_scales
 from minivar.tokenizer import Tokenizer, psnr
 from minivar.training.checkpoint import frozen_tokenizer
 from minivar.training.codebook import reseed_dead_codes
-from minivar.training.device import autocast
+from minivar.training.device import autocast, conv_layout
 from minivar.training.distributed import active, rank_zero_first, rows_from_all_ranks, sum_across_ranks
 from minivar.training.plots import save_reconstruction_grid, save_sample_grid
 from minivar.training.sharpness import (
@@ -73,8 +73,8 @@ class PerceptualStage(Stage):
     kind = "perceptual"
 
     def __init__(self, tcfg, model_cfg: PerceptualConfig, train_data, test_data, device, rank=0, world_size=1):
-        self.device, self.model_cfg, self.autocast = device, model_cfg, autocast(device)  # (reused each step)
-        self.model = self.net = FeatureClassifier(model_cfg.widths).to(device)
+        self.device, self.autocast, self.layout = device, autocast(device), conv_layout(device)  # (reused each step)
+        self.model = self.net = FeatureClassifier(model_cfg.widths).to(device, memory_format=self.layout)
         self.items_per_step = tcfg.batch_size
         self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
         self.test_images, self.test_labels = test_data[0][:tcfg.eval_images], test_data[1][:tcfg.eval_images]
@@ -82,7 +82,7 @@ class PerceptualStage(Stage):
     def loss(self, step):
         x, y = self.batches.batch(step)
         with self.autocast:
-            logits = self.net(x)
+            logits = self.net(x.contiguous(memory_format=self.layout))
         loss = F.cross_entropy(logits.float(), y)
         return loss, {"loss": loss.detach(), "accuracy": (logits.argmax(1) == y).float().mean()}
 
@@ -98,7 +98,7 @@ class PerceptualStage(Stage):
 def frozen_classifier(config: dict, state: dict, device):
     net = FeatureClassifier(PerceptualConfig(**config).widths)
     net.load_state_dict(state)
-    return net.to(device).eval().requires_grad_(False)
+    return net.to(device, memory_format=conv_layout(device)).eval().requires_grad_(False)
 
 
 class TokenizerStage(Stage):
@@ -106,8 +106,9 @@ class TokenizerStage(Stage):
     kind = "tokenizer"
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, perceptual=None):
-        self.tcfg, self.device, self.autocast, self.perceptual_checkpoint = tcfg, device, autocast(device), perceptual
-        self.model = self.net = Tokenizer(model_cfg).to(device)
+        self.tcfg, self.device, self.perceptual_checkpoint = tcfg, device, perceptual
+        self.autocast, self.layout = autocast(device), conv_layout(device)  # (reused each step)
+        self.model = self.net = Tokenizer(model_cfg).to(device, memory_format=self.layout)
         self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
         self.items_per_step = tcfg.batch_size  # the global batch (split across ranks under torchrun)
         self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
@@ -119,7 +120,7 @@ class TokenizerStage(Stage):
         if model_cfg.adversarial_weight > 0:
             with torch.random.fork_rng(devices=[]):  # its own seed: until disc_start the run is bit for bit
                 torch.manual_seed(tcfg.seed + 1)      # the one without the adversarial term
-                self.discriminator = self.disc_net = PatchDiscriminator().to(device)
+                self.discriminator = self.disc_net = PatchDiscriminator().to(device, memory_format=self.layout)
             if active():  # torchrun: its gradients are averaged like the tokenizer's
                 self.disc_net = torch.nn.parallel.DistributedDataParallel(self.discriminator)
             self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=tcfg.lr, betas=(0.5, 0.9))
@@ -127,7 +128,7 @@ class TokenizerStage(Stage):
 
     def loss(self, step):
         cfg = self.model.cfg
-        x, _ = self.batches.batch(step)
+        x = self.batches.batch(step)[0].contiguous(memory_format=self.layout)
         with self.autocast:
             x_rec, _, info = self.net(x)
             rec_loss = info["rec_loss"]
