@@ -70,9 +70,10 @@ def test_two_processes_equal_one_with_the_same_global_batch(runs, stage):
     one, two = weights(root / "one" / f"{stage}.pt"), weights(root / "two" / two_name)
     # The all-reduce sums the half batches' gradients in another order than one process does. Adam
     # divides each gradient by its own running size, so a weight whose gradient is near zero can move
-    # by up to the learning rate (tiny tokenizer: 2e-3) on a rounding difference; the perceptual
-    # loss's unit-normalised features have many such weights. Half a step of it is the tolerance.
-    assert close(one, two, atol=1e-3 if stage == "tokenizer" else 1e-4)
+    # by up to the learning rate (tiny tokenizer: 2e-3) per step on a rounding difference, and a
+    # rounding difference can flip a token, whose code then moves instead of another (the largest
+    # differences are in the codebook). The tolerance is a few such steps out of 12.
+    assert close(one, two, atol=5e-3 if stage == "tokenizer" else 1e-4)
 
 
 @pytest.mark.slow
