@@ -91,7 +91,7 @@ def test_on_the_cpu_the_networks_train_channels_last_and_the_loss_is_the_default
     reference.layout = torch.contiguous_format
     for net in (reference.model, reference.perceptual, reference.discriminator):
         net.to(memory_format=torch.contiguous_format)
-    (loss, metrics), (ref_loss, ref_metrics) = stage.loss(5), reference.loss(5)
+    (loss, metrics), (ref_loss, _) = stage.loss(5), reference.loss(5)
     assert "gen_loss" in metrics and "perceptual" in metrics
     assert torch.allclose(loss, ref_loss, rtol=1e-5, atol=1e-6)
 

@@ -39,9 +39,9 @@ def conv_layout(device: torch.device):
     """Memory layout for the convolutional networks while they train (tokenizer, perceptual
     classifier, discriminator). On the CPU, oneDNN's convolutions run faster on channels-last
     (NHWC) tensors: at the cpu preset a tokenizer step with the perceptual loss took 0.79
-    instead of 0.97 s and a classifier step 0.17 instead of 0.26 s (2-core AMD EPYC). The
-    maths is the same (up to float rounding): only the order of the numbers in memory. Elsewhere the default
-    layout: it was not measured there."""
+    instead of 0.97 s and a classifier step 0.17 instead of 0.26 s (2-core AMD EPYC, the two
+    layouts timed one after the other). The maths is the same up to float rounding: only the
+    order of the numbers in memory changes. Elsewhere the default layout: not measured there."""
     return torch.channels_last if device.type == "cpu" else torch.contiguous_format
 
 
