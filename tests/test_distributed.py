@@ -1,10 +1,15 @@
 """torchrun: data-parallel training with 2 CPU processes (gloo) equals one process."""
 import os
+import socket
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from minivar.data import EpochSampler
+from minivar.tokenizer import Tokenizer, TokenizerConfig
+from minivar.training.device import conv_layout
 from tests.conftest import run_script, write_fake_cifar
 
 ENV = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz", "OMP_NUM_THREADS": "1"}
@@ -31,6 +36,48 @@ def test_ranks_see_disjoint_halves_of_the_same_batches():
         parts = [h.indices(step) for h in halves]
         assert torch.equal(torch.cat(parts), whole.indices(step)) and not set(parts[0].tolist()) & set(parts[1].tolist())
         assert torch.equal(torch.cat([h.uniforms(1, step) for h in halves]), whole.uniforms(1, step))
+
+
+def tiny_tokenizer_and_batch():
+    """The same tokenizer and 16 images in every process that calls it, in the training layout."""
+    torch.manual_seed(0)
+    layout = conv_layout(torch.device("cpu"))
+    model = Tokenizer(TokenizerConfig(widths=(16, 32, 32), res_blocks=1, vocab_size=64, latent_dim=8))
+    images = torch.rand(16, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return model.to(memory_format=layout), images.contiguous(memory_format=layout)
+
+
+def gradients(model):
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def half_batch_worker(rank, port, out):
+    """One of two gloo processes: backward on its half of the batch through DDP, rank 0 saves the gradients."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    model, images = tiny_tokenizer_and_batch()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)  # held: the all-reduce hooks die with the wrapper
+    ddp(images[8 * rank:8 * (rank + 1)])[1].backward()
+    if rank == 0:
+        torch.save(gradients(model), out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_gradient_of_two_half_batches_is_the_whole_batch_gradient(tmp_path):
+    """One backward, no optimizer: the check the 12-step comparison below cannot make tightly,
+    because Adam turns rounding-sized gradient differences into learning-rate-sized steps."""
+    model, images = tiny_tokenizer_and_batch()
+    model(images)[1].backward()
+    whole = gradients(model)
+    with socket.socket() as s:  # a free port for the process group
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(half_batch_worker, args=(port, str(tmp_path / "grads.pt")), nprocs=2)
+    halves = torch.load(tmp_path / "grads.pt", weights_only=True)
+    assert halves.keys() == whole.keys()
+    worst = max((halves[k] - whole[k]).norm() / whole[k].norm().clamp_min(1e-12) for k in whole)
+    assert worst < 1e-4, f"largest relative gradient difference {worst:.2e}"
 
 
 @pytest.fixture(scope="module")
