@@ -6,7 +6,7 @@ import torch
 from minivar.applications.editing import edit
 from minivar.data import to_float
 from minivar.quantizer import flatten_scales
-from minivar.training.checkpoint import generator_from_checkpoint, load_checkpoint
+from minivar.training.checkpoint import export_for_sampling, generator_from_checkpoint, load_checkpoint
 from minivar.training.workspace import SHIPPED
 from tests.conftest import ROOT, run_script, write_fake_cifar
 
@@ -23,6 +23,17 @@ def test_the_shipped_checkpoint_is_one_small_half_precision_file():
     assert ckpt["kind"] == "var" and "optimizer" not in ckpt
     weights = [t for part in ("model", "tokenizer") for t in ckpt[part].values() if t.is_floating_point()]
     assert weights and all(t.dtype == torch.float16 for t in weights)
+
+
+def test_export_leaves_out_the_folders_of_the_machine_that_trained(tmp_path):
+    ckpt = torch.load(SHIPPED, weights_only=True)
+    assert not {"data_dir", "out_dir", "tokenizer", "perceptual"} & set(ckpt["train_config"])
+    full = {**ckpt, "train_config": {**ckpt["train_config"], "data_dir": "/home/someone/data", "out_dir": "runs/a",
+                                     "tokenizer": "/home/someone/tok.pt", "perceptual": ""}}
+    torch.save(full, tmp_path / "var.pt")
+    export_for_sampling(tmp_path / "var.pt", tmp_path / "small.pt", {"cfg_scale": 2.0})
+    small = load_checkpoint(tmp_path / "small.pt")
+    assert small["train_config"] == ckpt["train_config"] and small["sampling"] == {"cfg_scale": 2.0}
 
 
 def test_it_carries_valid_sampling_defaults():

@@ -126,19 +126,25 @@ def generator_from_checkpoint(ckpt, ckpt_path, device):
 
 
 SAMPLING_SETTINGS = ("cfg_scale", "top_k", "top_p", "temperature")  # what a checkpoint's "sampling" may hold
+LOCAL_FOLDERS = ("data_dir", "out_dir", "tokenizer", "perceptual")  # train_config's paths on the training machine
 
 
 def export_for_sampling(ckpt_path, out_path, sampling=None):
     """A var (or ar) checkpoint made small for sampling: model and tokenizer weights in half
     precision, no optimizer state, plus the sampling settings to use by default (sample.py
-    reads them). Loads like any checkpoint (as_float32 restores float32 weights)."""
+    reads them). Loads like any checkpoint (as_float32 restores float32 weights). The training
+    settings travel with it, less the folders of the machine that trained it: a shared file
+    should not carry them, and nothing that samples needs them."""
     ckpt = load_checkpoint(ckpt_path)
     if ckpt["kind"] not in ("var", "ar"):
         raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed")
     half = {k: {name: v.half() if v.is_floating_point() else v for name, v in ckpt[k].items()}
             for k in ("model", "tokenizer")}
     keep = ("kind", "model_config", "tokenizer_config", "train_config", "step", "train_seconds", "finished")
-    save_checkpoint({**{k: ckpt[k] for k in keep if k in ckpt}, **half, "sampling": dict(sampling or {})}, out_path)
+    kept = {k: ckpt[k] for k in keep if k in ckpt}
+    if "train_config" in kept:
+        kept["train_config"] = {k: v for k, v in kept["train_config"].items() if k not in LOCAL_FOLDERS}
+    save_checkpoint({**kept, **half, "sampling": dict(sampling or {})}, out_path)
 
 
 def main(argv=None):
