@@ -34,8 +34,11 @@ def guided_logits(logits_2BlV, weight):
     return (1 + weight) * cond - weight * uncond
 
 
-def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """Draw one token per position. top_k=0 and top_p=1 switch those filters off."""
+def sampling_probs(logits_BlV, temperature=1.0, top_k=0, top_p=1.0):
+    """The distribution each position's token is drawn from, in three steps: divide the
+    logits by the temperature (below 1 sharpens, above 1 flattens); keep the top_k most
+    likely tokens (0: all); of those, keep the smallest set whose probability reaches top_p
+    (1: all). What is kept is renormalised. Returns probabilities, B×l×V."""
     logits = logits_BlV.float() / max(temperature, 1e-6)
     V = logits.shape[-1]
     if 0 < top_k < V:  # keep the k most likely tokens
@@ -45,7 +48,16 @@ def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=1.0, generator=Non
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
         drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # mass before this token already enough
+        drop_sorted[..., 0] = False  # the most likely token always stays, however small top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
-    probs = F.softmax(logits, dim=-1)
-    return torch.multinomial(probs.reshape(-1, V), 1, generator=generator).view(logits.shape[:-1])
+    return F.softmax(logits, dim=-1)
+
+
+def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=1.0, generator=None):
+    """Draw one token per position from sampling_probs. top_k=0 and top_p=1 switch those filters off."""
+    probs = sampling_probs(logits_BlV, temperature, top_k, top_p)
+    if not torch.isfinite(probs).all():  # e.g. a guidance weight so large that the mixed logits overflow float32
+        raise ValueError("the sampling probabilities are not finite numbers: the logits overflowed (a very large "
+                         "--cfg-scale?); use a smaller guidance weight")
+    return torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])

@@ -23,25 +23,43 @@ def test_keep_mask_keeps_tokens_mostly_outside_the_region():
     assert keep[2][0, 0].tolist() == [True, True, False, False]
 
 
+def kept_by_hand(scales, box, mode, side=32):
+    """Per scale, token (i, j) keeps the source's value iff less than half of its pixel cell is
+    redrawn: the box (inpaint, classedit) or everything but the box (outpaint)."""
+    x0, y0, x1, y1 = box
+    keep = []
+    for s in scales:
+        cell = side // s
+        for i in range(s):  # rows
+            for j in range(s):
+                inside = max(0, min(x1, (j + 1) * cell) - max(x0, j * cell)) * \
+                    max(0, min(y1, (i + 1) * cell) - max(y0, i * cell))
+                redrawn = inside if mode != "outpaint" else cell * cell - inside
+                keep.append(redrawn / (cell * cell) < 0.5)
+    return torch.tensor(keep)
+
+
 @pytest.mark.parametrize("mode", ["inpaint", "outpaint", "classedit"])
-def test_kept_tokens_equal_the_source_at_every_scale_and_the_region_changes(mode):
+def test_what_edit_returns_keeps_the_source_wherever_the_mask_says_and_redraws_the_rest(mode):
+    """The tokens edit() itself returns, not a second call of generate: kept ones equal the
+    source image's own tokens at every scale, the others are drawn anew, the images are
+    the decoded tokens."""
     tok, var = tiny_models()
     torch.manual_seed(0)
     images = torch.rand(3, 3, 32, 32) * 2 - 1
     labels = torch.tensor([2, 5, 2]) if mode == "classedit" else torch.tensor([1, 1, 1])
     box = (8, 8, 24, 24)
-    edited, source_BL, keep_L = edit(var, tok, images, labels, box, mode, cfg_scale=1.0,
-                                     generator=torch.Generator().manual_seed(0))
-    # the same draw again, to read the tokens (decoding, then re-encoding, is lossy)
-    idx_list = var.generate(tok.quantizer, labels, cfg_scale=1.0, generator=torch.Generator().manual_seed(0),
-                            keep=(source_BL, keep_L[None].expand_as(source_BL)))
-    result_BL = flatten_scales(idx_list)
-    assert torch.equal(result_BL[:, keep_L], source_BL[:, keep_L])  # exactly, at every scale
-    assert (result_BL[:, ~keep_L] != source_BL[:, ~keep_L]).any()  # the edited tokens were drawn anew
-    assert 0 < keep_L.sum() < len(keep_L) and edited.shape == images.shape
-    for scale, keep in zip(SCALES, split_scales(keep_L[None], SCALES)):  # each scale keeps and edits something
-        if scale >= 4:
-            assert keep.any() and (~keep).any()
+    result = edit(var, tok, images, labels, box, mode, cfg_scale=1.0, generator=torch.Generator().manual_seed(0))
+    keep_L = kept_by_hand(SCALES, box, mode)
+    source_BL = flatten_scales(tok.encode(images))
+    assert torch.equal(result.keep_L, keep_L) and torch.equal(result.source_BL, source_BL)
+    assert torch.equal(result.tokens_BL[:, keep_L], source_BL[:, keep_L])  # exactly, at every scale
+    changed = result.tokens_BL != source_BL
+    for scale, redrawn in zip(SCALES, split_scales(changed, SCALES)):
+        keep = split_scales(keep_L[None], SCALES)[SCALES.index(scale)]
+        if not keep.all():  # every scale with a region to redraw has new tokens in it
+            assert redrawn[:, ~keep[0]].any(), scale
+    assert torch.allclose(result.images, tok.decode(split_scales(result.tokens_BL, SCALES)))
 
 
 def test_editing_refuses_the_raster_ar_model():

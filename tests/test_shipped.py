@@ -5,7 +5,7 @@ import torch
 
 from minivar.applications.editing import edit
 from minivar.data import to_float
-from minivar.quantizer import flatten_scales
+from minivar.quantizer import flatten_scales, split_scales
 from minivar.training.checkpoint import export_for_sampling, generator_from_checkpoint, load_checkpoint
 from minivar.training.workspace import SHIPPED
 from tests.conftest import ROOT, run_script, write_fake_cifar
@@ -58,14 +58,13 @@ def test_editing_keeps_every_token_outside_the_box():
     ckpt, model, tok = shipped()
     pixels = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     image = to_float(pixels)
-    images, source_BL, keep_L = edit(model, tok, image.expand(2, -1, -1, -1), torch.tensor([3, 5]), (8, 8, 24, 24),
-                                     "inpaint", generator=torch.Generator().manual_seed(0), **ckpt["sampling"])
-    assert images.shape == (2, 3, 32, 32) and 0 < keep_L.sum() < len(keep_L)
-    idx_list = model.generate(tok.quantizer, torch.tensor([3, 5]), keep=(source_BL, keep_L[None].expand_as(source_BL)),
-                              generator=torch.Generator().manual_seed(0), **ckpt["sampling"])
-    generated = flatten_scales(idx_list)
-    assert torch.equal(generated[:, keep_L], source_BL[:, keep_L])  # the same call edit() makes
-    assert not torch.equal(generated[:, ~keep_L], source_BL[:, ~keep_L])  # and the box was redrawn
+    result = edit(model, tok, image.expand(2, -1, -1, -1), torch.tensor([3, 5]), (8, 8, 24, 24), "inpaint",
+                  generator=torch.Generator().manual_seed(0), **ckpt["sampling"])
+    keep_L, source_BL, drawn_BL = result.keep_L, flatten_scales(tok.encode(image)).expand(2, -1), result.tokens_BL
+    assert result.images.shape == (2, 3, 32, 32) and 0 < keep_L.sum() < len(keep_L)
+    assert torch.equal(drawn_BL[:, keep_L], source_BL[:, keep_L])  # what edit() returned keeps the source
+    assert not torch.equal(drawn_BL[:, ~keep_L], source_BL[:, ~keep_L])  # and the box was redrawn
+    assert torch.allclose(result.images, tok.decode(split_scales(drawn_BL, tok.cfg.scales)))  # the images are those tokens
 
 
 def test_sample_py_with_no_run_uses_the_shipped_model(tmp_path):

@@ -16,11 +16,20 @@ of the image.
 Raster AR cannot do this: token t only sees tokens before it in reading order, so a hole
 cannot look at what lies below or right of it. AR can only continue a prefix.
 """
+from typing import NamedTuple
+
 import torch
 
 from minivar.quantizer import flatten_scales
 
 MODES = ("inpaint", "outpaint", "classedit")
+
+
+class Edited(NamedTuple):
+    images: torch.Tensor  # B×3×32×32, the edits decoded
+    tokens_BL: torch.Tensor  # the token maps they were decoded from, all scales flattened
+    source_BL: torch.Tensor  # the source image's token maps, the same layout
+    keep_L: torch.Tensor  # True where a token was the source's, at every scale
 
 
 def edit_region(box, image_side=32):
@@ -53,7 +62,8 @@ def keep_mask(scales, region_HW):
 def edit(model, tokenizer, image_B3HW, labels_B, box, mode, **sampling):
     """Edit images (in [-1, 1]) with the VAR model. inpaint and classedit regenerate the
     box (classedit with labels_B set to the new class); outpaint keeps the box and
-    regenerates the rest. Returns (edited images, source token rows B×L, keep row L)."""
+    regenerates the rest. Returns an Edited: the images, the tokens drawn, the source's tokens
+    and the keep row (wherever it is True, tokens_BL equals source_BL)."""
     if mode not in MODES:
         raise ValueError(f"edit mode {mode!r}: choose one of {', '.join(MODES)}")
     if max(model.block_sizes) == 1:  # the AR baseline (ar.py): one token per step, in reading order
@@ -63,4 +73,4 @@ def edit(model, tokenizer, image_B3HW, labels_B, box, mode, **sampling):
     keep_L = keep_mask(model.cfg.scales, region)
     keep_BL = keep_L[None].expand_as(source_BL)
     idx_list = model.generate(tokenizer.quantizer, labels_B, keep=(source_BL, keep_BL), **sampling)
-    return tokenizer.decode(idx_list), source_BL, keep_L
+    return Edited(tokenizer.decode(idx_list), flatten_scales(idx_list), source_BL, keep_L)
