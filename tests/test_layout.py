@@ -93,7 +93,7 @@ def test_one_training_step_and_one_sampling_call_cross_at_most_five_files(tmp_pa
     torch.manual_seed(0)
     tok = Tokenizer(TokenizerConfig(widths=(8, 16, 16), vocab_size=32, latent_dim=8))
     images, labels = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 10, (40,))
-    run = SimpleNamespace(batch_size=8, seed=0, eval_images=8, out_dir=tmp_path)
+    run = SimpleNamespace(batch_size=8, seed=0, eval_images=8, out_dir=tmp_path, ema_decay=0.0)
     stage = VARStage(run, VARConfig(vocab_size=32, latent_dim=8, dim=32, depth=1, heads=2), (images, labels),
                      (images, labels), torch.device("cpu"),
                      tokenizer={"tokenizer_config": vars(tok.cfg), "tokenizer": tok.state_dict()})

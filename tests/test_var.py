@@ -160,3 +160,62 @@ def test_top_k_and_top_p_keep_only_likely_tokens():
     assert set(sample_tokens(logits, top_k=2, generator=g).unique().tolist()) == {0, 1}
     assert set(sample_tokens(logits, top_p=0.5, generator=g).unique().tolist()) == {0}  # p(0) ≈ 0.72 > 0.5
     assert len(sample_tokens(logits, generator=g).unique()) >= 3
+
+
+def test_class_dropout_sends_labels_under_the_rate_to_the_null_class():
+    """Label i becomes the null class (id num_classes = 10) iff its uniform number is below class_dropout."""
+    var = VAR(VARConfig(scales=SCALES, vocab_size=32, latent_dim=8, dim=32, depth=1, heads=2, class_dropout=0.25))
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])
+    uniform = torch.tensor([0.0, 0.1, 0.2, 0.2499, 0.25, 0.5, 0.9, 0.999])
+    assert var.drop_labels(labels, uniform).tolist() == [10, 10, 10, 10, 4, 5, 6, 7]
+
+
+def tiny_var_stage(tmp_path, class_dropout=0.1, ema_decay=0.0, n=64):
+    """The training stage of train.py --stage var on random images and a tiny untrained tokenizer."""
+    from types import SimpleNamespace
+
+    from minivar.training.stages import VARStage
+    torch.manual_seed(0)
+    tok = Tokenizer(TokenizerConfig(widths=(8, 16, 16), vocab_size=32, latent_dim=8))
+    g = torch.Generator().manual_seed(0)
+    images, labels = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(n) % 10
+    run = SimpleNamespace(batch_size=16, seed=0, eval_images=16, out_dir=tmp_path, ema_decay=ema_decay)
+    return VARStage(run, VARConfig(vocab_size=32, latent_dim=8, dim=32, depth=1, heads=2, class_dropout=class_dropout),
+                    (images, labels), (images[:16], labels[:16]), torch.device("cpu"),
+                    tokenizer={"tokenizer_config": vars(tok.cfg), "tokenizer": tok.state_dict()})
+
+
+def test_training_steps_drop_labels_at_the_configured_rate_and_keep_the_others(tmp_path):
+    """What the training step feeds the model: the batch's own labels, except about class_dropout of
+    them replaced by the null class (CFG's unconditional model is learned from those)."""
+    stage = tiny_var_stage(tmp_path, class_dropout=0.3)
+    fed = []
+    model = stage.net
+    stage.net = lambda x, labels, targets: fed.append(labels) or model(x, labels, targets)
+    true = []
+    for step in range(60):
+        true.append(stage.train_labels[stage.sampler.indices(step)])
+        stage.loss(step)
+    fed, true = torch.cat(fed), torch.cat(true)
+    dropped = fed == 10
+    assert 0.25 < dropped.float().mean() < 0.35, dropped.float().mean()  # 960 labels: 0.30 ± 0.015 (sd)
+    assert torch.equal(fed[~dropped], true[~dropped])
+
+
+def test_teacher_forcing_inputs_are_the_area_resized_cumulative_reconstruction_by_hand():
+    """Input block k+1 = area(F_k, s_{k+1}), F_k = Σ_{j≤k} phi_j(bicubic(e[r_j])), recomputed in plain torch."""
+    tok, var = tiny_models()
+    q = tok.quantizer
+    idx_list = random_tokens(2, seed=5)
+    inputs = var.teacher_forcing_inputs(q, flatten_scales(idx_list))  # B × (L − 1) × C
+    side, f_hat, start = SCALES[-1], 0, 0
+    for k in range(len(SCALES) - 1):
+        z = q.codebook.weight[idx_list[k]].permute(0, 3, 1, 2)
+        up = torch.nn.functional.interpolate(z, size=(side, side), mode="bicubic", align_corners=False)
+        phi = q.phi(k)
+        f_hat = f_hat + 0.5 * up + 0.5 * torch.nn.functional.conv2d(up, phi.conv.weight, phi.conv.bias, padding=1)
+        expected = torch.nn.functional.adaptive_avg_pool2d(f_hat, SCALES[k + 1])  # area resize
+        n = SCALES[k + 1] ** 2
+        assert torch.allclose(inputs[:, start:start + n], expected.flatten(2).transpose(1, 2), atol=1e-5), k
+        start += n
+    assert start == inputs.shape[1]

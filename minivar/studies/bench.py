@@ -28,7 +28,7 @@ from minivar.tokenizer import psnr
 from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, load_generator, save_json
 from minivar.training.cli import OneLineParser, positive_int
 from minivar.training.device import describe_machine, pick_device
-from minivar.training.stages import test_cross_entropy
+from minivar.training.evaluation import test_cross_entropy
 from minivar.training.tokens import tokenize
 from minivar.var import VAR, VARConfig
 

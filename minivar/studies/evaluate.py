@@ -35,11 +35,13 @@ from minivar.studies.metrics import (
 )
 from minivar.training.checkpoint import (
     SAMPLING_SETTINGS,
+    WEIGHTS,
     CheckpointError,
     frozen_tokenizer,
     generator_from_checkpoint,
     load_checkpoint,
     save_json,
+    weights_used,
 )
 from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
 from minivar.training.device import autocast, describe_machine, pick_device
@@ -133,11 +135,12 @@ def evaluate(args):
     elif kind == "images":
         rows.append(row(images, started, what=f"the images in {args.images}"))
     else:
-        model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device)
+        model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device, args.weights)
         for settings in sampling_grid(args):
             started = time.perf_counter()
             rows.append(row(generated_images(model, tokenizer, n, settings, args, device), started,
-                            what="FID of class-balanced samples", **settings, reject=args.reject, seed=args.seed))
+                            what="FID of class-balanced samples", **settings, reject=args.reject, seed=args.seed,
+                            weights=weights_used(ckpt, args.weights)))
     return {"kind": kind, "n": n, "reference": f"CIFAR-10 test split ({len(test_images)} images)",
             "feature_network": type(network).__name__, "reference_seconds": reference_s, "rows": rows}
 
@@ -167,6 +170,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling (default: 0)")
     p.add_argument("--reject", type=positive_int, default=1, help="draw N candidates per image, keep the best by the "
                                                                   "model's implicit classifier (default: 1, plain)")
+    p.add_argument("--weights", choices=WEIGHTS, default="ema",
+                   help="a generator's moving average of the weights (if it has one) or its raw weights (default: ema)")
     p.add_argument("--batch-size", type=positive_int, default=250, help="images per batch (default: 250)")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (default: ./data)")
     p.add_argument("--cache-dir", help="where the test split's feature statistics are cached (default: the "

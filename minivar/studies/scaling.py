@@ -82,7 +82,8 @@ def train_one_size(depth, settings, tokenizer, data, device):
     """Train one size from scratch for settings["tokens"] tokens; its losses, FLOPs and time."""
     seed_everything(settings["seed"])  # every size sees the same batches in the same order
     run = SimpleNamespace(batch_size=settings["batch_size"], seed=settings["seed"], eval_images=settings["eval_images"],
-                          out_dir=Path(settings["tokenizer"]).parent)  # the token cache lives beside the tokenizer
+                          out_dir=Path(settings["tokenizer"]).parent,  # the token cache lives beside the tokenizer
+                          ema_decay=0.0)  # the losses of the raw weights, as the study was first measured
     stage = VARStage(run, size_config(depth, settings["width_per_depth"], tokenizer["model_config"]), *data, device,
                      tokenizer={"tokenizer_config": tokenizer["model_config"], "tokenizer": tokenizer["model"]})
     model, L = stage.model, stage.model.seq_len

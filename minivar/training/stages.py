@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from minivar.ar import AR
 from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
-from minivar.quantizer import split_scales
 from minivar.tokenizer import Tokenizer, psnr
 from minivar.training.checkpoint import frozen_tokenizer
 from minivar.training.codebook import reseed_dead_codes
 from minivar.training.device import autocast, conv_layout
 from minivar.training.distributed import active, rank_zero_first, rows_from_all_ranks, sum_across_ranks
+from minivar.training.ema import EMA
+from minivar.training.evaluation import test_cross_entropy
 from minivar.training.plots import save_reconstruction_grid, save_sample_grid
 from minivar.training.sharpness import (
     FeatureClassifier,
@@ -214,34 +215,6 @@ class TokenizerStage(Stage):
             self.disc_optimizer.load_state_dict(ckpt["disc_optimizer"])
 
 
-def unigram_entropy_per_scale(tokens_NL, scales, vocab_size):
-    """Entropy (nats) of each scale's token frequencies: the loss of a model that ignores
-    everything but which scale it is at. A transformer has to beat this to have learned anything."""
-    out = []
-    for idx in split_scales(tokens_NL.long(), scales):
-        p = torch.bincount(idx.flatten(), minlength=vocab_size).float()
-        p = p[p > 0] / p.sum()
-        out.append(-(p * p.log()).sum().item())
-    return out
-
-
-@torch.no_grad()
-def test_cross_entropy(model, tokenizer, tokens_NL, labels_N, device, batch_size=250):
-    """Mean cross-entropy per token, and per scale, of `model` on token rows; beside it the
-    unigram entropy of the same rows. Means per token weight each scale by its s² tokens."""
-    sums = torch.zeros(len(model.cfg.scales))
-    for i in range(0, len(tokens_NL), batch_size):
-        tokens, labels = tokens_NL[i:i + batch_size].long(), labels_N[i:i + batch_size]
-        with autocast(device):
-            logits, _ = model(model.teacher_forcing_inputs(tokenizer.quantizer, tokens), labels)
-        sums += model.loss_per_scale(logits, tokens).cpu() * len(tokens)
-    ce = (sums / len(tokens_NL)).tolist()
-    unigram = unigram_entropy_per_scale(tokens_NL, model.cfg.scales, model.cfg.vocab_size)
-    weights = [s * s / sum(s * s for s in model.cfg.scales) for s in model.cfg.scales]
-    return {"ce": sum(w * c for w, c in zip(weights, ce)), "ce_per_scale": ce,
-            "unigram": sum(w * u for w, u in zip(weights, unigram)), "unigram_per_scale": unigram}
-
-
 class VARStage(Stage):
     """Next-scale prediction on cached token maps of a frozen tokenizer (ARStage below: next-token)."""
     kind, items = "var", "tok"  # the progress bar counts tokens per second
@@ -260,6 +233,7 @@ class VARStage(Stage):
         self.test_labels = test_labels[:tcfg.eval_images].to(device)
         self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed, rank, world_size, device)
         self.model = self.net = self.model_class(model_cfg).to(device)
+        self.ema = EMA(self.model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None  # what samples are drawn from
         self.items_per_step = tcfg.batch_size * self.model.seq_len
 
     def loss(self, step):
@@ -271,27 +245,51 @@ class VARStage(Stage):
             logits, loss = self.net(inputs, labels, tokens)
         return loss, {"loss": loss.detach(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
 
+    def after_step(self, step, optimizer):
+        if self.ema is not None:
+            self.ema.update(self.model, step)
+        return {}
+
     def evaluate(self, images=None):
         """Test cross-entropy per scale (nats per token), next to each scale's unigram entropy;
-        on the first `images` test images if given (the scaling study's loss curves)."""
+        on the first `images` test images if given (the scaling study's loss curves). With an
+        EMA, the same for the averaged weights (ema_ce, ema_ce_per_scale)."""
         self.model.eval()
-        result = test_cross_entropy(self.model, self.tokenizer, self.test_tokens[:images], self.test_labels[:images],
-                                    self.device)
+        tokens, labels = self.test_tokens[:images], self.test_labels[:images]
+        result = test_cross_entropy(self.model, self.tokenizer, tokens, labels, self.device)
         self.model.train()
+        if self.ema is not None:
+            ema = test_cross_entropy(self.ema.model, self.tokenizer, tokens, labels, self.device)
+            result.update(ema_ce=ema["ce"], ema_ce_per_scale=ema["ce_per_scale"])
         return result
 
     @torch.no_grad()
     def save_picture(self, path, per_class=8, cfg_scale=1.5, seed=0):
-        self.model.eval()
+        """Samples of the weights sample.py will use: the EMA's if there is one."""
+        model = self.model if self.ema is None else self.ema.model
+        was_training = model.training
+        model.eval()
         labels = torch.arange(len(CLASSES), device=self.device).repeat_interleave(per_class)
         gen = torch.Generator(self.device).manual_seed(seed)
-        idx_list = self.model.generate(self.tokenizer.quantizer, labels, cfg_scale=cfg_scale, generator=gen)
-        self.model.train()
+        idx_list = model.generate(self.tokenizer.quantizer, labels, cfg_scale=cfg_scale, generator=gen)
+        model.train(was_training)
         save_sample_grid(self.tokenizer.decode(idx_list), CLASSES, per_class, path)
 
     def state(self):
-        """A var (or ar) checkpoint carries its tokenizer, so sample.py needs this one file."""
-        return dict(self.tokenizer_checkpoint)
+        """The tokenizer, so that sample.py needs this one file; the EMA beside the raw weights."""
+        return {**self.tokenizer_checkpoint, **({"ema": self.ema.state_dict()} if self.ema is not None else {})}
+
+    def start_from(self, weights):
+        """--init-from: the model (and its average) begin at another run's weights."""
+        self.model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in weights.items()})
+        if self.ema is not None:
+            self.ema.load_state_dict(self.model.state_dict())
+
+    def load_state(self, ckpt):
+        """On --resume: the EMA as saved; a run resumed with an EMA it did not have starts the
+        average from the weights it resumes from."""
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt["ema"] if "ema" in ckpt else self.model.state_dict())
 
 
 class ARStage(VARStage):

@@ -1,0 +1,52 @@
+"""An exponential moving average (EMA) of a generator's weights, kept while it trains.
+
+After every optimizer step the average moves a little towards the current weights:
+
+    ema ← d·ema + (1 − d)·weights
+
+The raw weights jitter around a good point with every noisy batch; their average sits
+closer to it, which is why generative models (DiT, VAR, diffusion models) are sampled
+from the average, not from the last step. It costs one extra copy of the weights and one
+pass over them per step.
+
+A fixed decay d averages over about 1/(1 − d) steps: 0.999 means the last ~1,000 steps,
+more than a short run has (the cpu preset trains VAR for 1,700 steps, and its first steps
+are far from good). So the decay warms up with the step t, as (1 + t)/(10 + t), capped at d:
+early on the average forgets fast, and at any time it covers about the last tenth of the
+run (1 − (1 + t)/(10 + t) ≈ 9/t), until the cap takes over. How much each choice buys was
+measured, not assumed (results/README.md, "EMA and the cpu preset's recipe").
+
+Left out: EMA of the tokenizer (its codebook is re-seeded during training, which an
+average would smear), and post-hoc averaging schemes.
+"""
+import copy
+
+import torch
+
+
+def warmed_up_decay(decay, step):
+    """The decay used after optimizer step `step` (0-based): (1 + t)/(10 + t), capped at `decay`."""
+    return min(decay, (1 + step) / (10 + step))
+
+
+class EMA:
+    def __init__(self, model, decay):
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay {decay}: need a number in (0, 1); 0 switches the average off")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)  # the averaged copy: evaluate and sample it
+
+    @torch.no_grad()
+    def update(self, model, step):
+        """Move the average towards `model`'s weights after optimizer step `step`."""
+        d = warmed_up_decay(self.decay, step)
+        for average, current in zip(self.model.parameters(), model.parameters()):
+            average.lerp_(current, 1 - d)  # average + (1 − d)·(current − average)
+        for average, current in zip(self.model.buffers(), model.buffers()):
+            average.copy_(current)  # buffers are not learned: take them as they are
+
+    def state_dict(self):
+        return self.model.state_dict()
+
+    def load_state_dict(self, state):
+        self.model.load_state_dict(state)
