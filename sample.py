@@ -15,7 +15,14 @@ Writes a PNG grid with one labelled row per class (editing: the source, the regi
 the edits). A checkpoint carries the model, its tokenizer and, for the shipped one, the
 sampling settings its FID sweep found best, which are then the defaults.
 """
+import os
+import signal
 import sys
+
+if __name__ == "__main__":  # Ctrl-C while torch loads (a second or two): quit quietly
+    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
+
+import re  # (the rest is imported after that handler, on purpose)
 from pathlib import Path
 
 import numpy as np
@@ -24,13 +31,30 @@ import torch
 from minivar.applications.editing import MODES, edit, edit_region, edited_region
 from minivar.applications.rejection import generate_best_of
 from minivar.data import CLASSES, DataError, load_cifar10, to_float
-from minivar.training.checkpoint import CheckpointError, generator_from_checkpoint, load_checkpoint
-from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
+from minivar.training.checkpoint import (
+    WEIGHTS,
+    CheckpointError,
+    generator_from_checkpoint,
+    load_checkpoint,
+    weights_used,
+)
+from minivar.training.cli import (
+    OneLineParser,
+    is_out_of_memory,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    probability,
+    seed,
+)
 from minivar.training.device import autocast, pick_device
 from minivar.training.plots import save_sample_grid
 from minivar.training.workspace import generator_checkpoint
 
 SAMPLING_DEFAULTS = {"cfg_scale": 1.5, "top_k": 0, "top_p": 1.0, "temperature": 1.0}  # for a checkpoint with none
+MAX_PER_CLASS, MAX_REJECT = 100, 256  # a grid row of 100 pictures is already 110 inches wide
+CANDIDATES_AT_ONCE = 512  # samples drawn in one batch: memory stays bounded whatever is asked
 
 
 def parse_classes(text, num_classes):
@@ -61,7 +85,13 @@ def load_source_image(spec, data_dir):
         return to_float(images[int(spec)][None]), int(labels[int(spec)])
     from PIL import Image  # Pillow comes with matplotlib
     try:
-        picture = Image.open(spec).convert("RGB").resize((32, 32), Image.BICUBIC)
+        with Image.open(spec) as opened:  # reads the header only: the size is known before any pixel is decoded
+            if opened.width * opened.height > 4096 * 4096:
+                raise ValueError(f"--image {spec}: {opened.width}×{opened.height} pixels is too large to read (at "
+                                 "most 4096×4096; it is shrunk to 32×32 anyway)")
+            picture = opened.convert("RGB").resize((32, 32), Image.BICUBIC)
+    except Image.DecompressionBombError:  # Pillow's own guard, on sizes beyond its limit
+        raise ValueError(f"--image {spec}: too large to read (at most 4096×4096 pixels)") from None
     except OSError as e:
         raise ValueError(f"--image {spec}: not a test index or a readable image file ({e})") from None
     return to_float(torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1)[None]), None
@@ -91,7 +121,7 @@ def edit_grid(model, tokenizer, args, sampling, device):
     image = image.to(device)
     labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
     with autocast(device):
-        edited, _, _ = edit(model, tokenizer, image.expand(len(labels), -1, -1, -1), labels, box, args.edit, **sampling)
+        edited = edit(model, tokenizer, image.expand(len(labels), -1, -1, -1), labels, box, args.edit, **sampling).images
     shown = image[0].masked_fill(edited_region(box, args.edit).to(device)[None], 0.0)  # the region, grey
     rows = [torch.cat([image, shown[None], edited[i * args.n_per_class:(i + 1) * args.n_per_class].float()])
             for i in range(len(class_ids))]
@@ -103,7 +133,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt", help="a var (or ar) checkpoint written by train.py (default: out/var.pt if it exists, "
                                   "else checkpoints/var_cpu.pt, the model shipped with minivar)")
     p.add_argument("--classes", default="all", help="comma-separated names or ids, or 'all' (default: all)")
-    p.add_argument("--n-per-class", type=positive_int, default=8, help="images per class, one row each (default: 8)")
+    p.add_argument("--n-per-class", type=positive_int, default=8, help=f"images per class, one row each, at most "
+                   f"{MAX_PER_CLASS} (default: 8)")
     checkpoint_decides = "default: the checkpoint's recommended value if it has one, else {}"
     p.add_argument("--cfg-scale", type=non_negative,
                    help="classifier-free guidance weight at the last scale, 0 for none; negative weights would push "
@@ -113,10 +144,12 @@ def parse_args(argv=None):
     p.add_argument("--top-p", type=probability, help="nucleus sampling: keep the most likely tokens up to this "
                    "probability mass, 1 for all (" + checkpoint_decides.format(1) + ")")
     p.add_argument("--temperature", type=positive, help="divides the logits (" + checkpoint_decides.format(1) + ")")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random draws: the same seed gives the same "
+    p.add_argument("--weights", choices=WEIGHTS, default="ema", help="ema: the moving average of the weights kept "
+                   "during training, if the checkpoint has one; raw: the optimizer's last weights (default: ema)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random draws: the same seed gives the same "
                                                        "grid (default: 0)")
     p.add_argument("--reject", type=positive_int, default=1, help="draw N candidates per image, keep the one the "
-                   "model's implicit classifier rates best (default: 1, plain sampling)")
+                   f"model's implicit classifier rates best, N at most {MAX_REJECT} (default: 1, plain sampling)")
     p.add_argument("--edit", choices=MODES, help="zero-shot editing of --image (VAR only)")
     p.add_argument("--image", help="--edit: a CIFAR-10 test index or an image file")
     p.add_argument("--box", default="8,8,24,24", help="--edit: the region x0,y0,x1,y1 in pixels, x1 and y1 "
@@ -125,44 +158,94 @@ def parse_args(argv=None):
                                                         "cifar-10-batches-py/ (default: ./data)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
     p.add_argument("--out", default="samples.png", help="the PNG to write (default: samples.png)")
-    return p.parse_args(argv)
+    return p.parse_args(box_values_may_be_negative(sys.argv[1:] if argv is None else list(argv)))
+
+
+def box_values_may_be_negative(argv):
+    """`--box -1,0,5,5` as `--box=-1,0,5,5`: argparse would take -1,0,5,5 for a flag and say the value is
+    missing; joined, it reaches the box check, which says what is wrong with it."""
+    out = []
+    for i, arg in enumerate(argv):
+        if i > 0 and argv[i - 1] == "--box" and re.fullmatch(r"-[\d,.\-]+", arg):
+            out[-1] = f"--box={arg}"
+        else:
+            out.append(arg)
+    return out
+
+
+def check_request(args):
+    """What argparse cannot say alone: flags that need each other, and requests too large to draw."""
+    if args.edit and args.image is None:
+        raise ValueError(f"--edit {args.edit} needs --image: a CIFAR-10 test index or an image file")
+    if args.image is not None and not args.edit:
+        raise ValueError("--image is what --edit changes: add --edit inpaint, outpaint or classedit")
+    if args.n_per_class > MAX_PER_CLASS:
+        raise ValueError(f"--n-per-class {args.n_per_class}: a grid row holds at most {MAX_PER_CLASS} pictures; for "
+                         "many samples (FID), use python -m minivar.studies.evaluate")
+    if args.reject > MAX_REJECT:
+        raise ValueError(f"--reject {args.reject}: at most {MAX_REJECT} candidates per picture (each one costs a "
+                         "whole sample)")
+    if args.edit and args.reject > 1:
+        raise ValueError("--reject draws new samples; it does not apply to --edit")
+    if args.edit:
+        parse_box(args.box)  # a bad box is said before anything loads
+
+
+def generate_in_batches(model, tokenizer, labels, reject, sampling):
+    """Images for `labels`, drawn CANDIDATES_AT_ONCE candidates at a time (best of `reject` each)."""
+    per_batch = max(1, CANDIDATES_AT_ONCE // reject)
+    images = []
+    for batch in labels.split(per_batch):
+        if reject > 1:
+            idx_list, _ = generate_best_of(model, tokenizer.quantizer, batch, reject, **sampling)
+        else:
+            idx_list = model.generate(tokenizer.quantizer, batch, **sampling)
+        images.append(tokenizer.decode(idx_list).float())
+    return torch.cat(images)
 
 
 def main(argv=None):
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = parse_args(argv)
     try:
-        if args.edit and args.image is None:
-            raise ValueError(f"--edit {args.edit} needs --image: a CIFAR-10 test index or an image file")
+        check_request(args)
         if Path(args.out).suffix.lower() != ".png":
             raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png path")
         device = pick_device(args.device)
         args.ckpt = args.ckpt or generator_checkpoint("out") or "out/var.pt"  # your run (./out), else the shipped one
         ckpt = load_checkpoint(args.ckpt)
-        model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device)
+        model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device, args.weights)
+        weights = weights_used(ckpt, args.weights)
         recommended = {**SAMPLING_DEFAULTS, **ckpt.get("sampling", {})}
         settings = {k: recommended[k] if getattr(args, k) is None else getattr(args, k) for k in SAMPLING_DEFAULTS}
         sampling = dict(settings, generator=torch.Generator(device).manual_seed(args.seed))
+        columns = None
         if args.edit:
             images, class_ids, per_row = edit_grid(model, tokenizer, args, sampling, device)
+            columns = ["source", f"{args.edit} region"] + [f"edit {i + 1}" for i in range(args.n_per_class)]
         else:
             class_ids, per_row = parse_classes(args.classes, model.cfg.num_classes), args.n_per_class
             labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
             with autocast(device):
-                if args.reject > 1:
-                    idx_list, _ = generate_best_of(model, tokenizer.quantizer, labels, args.reject, **sampling)
-                else:
-                    idx_list = model.generate(tokenizer.quantizer, labels, **sampling)
-                images = tokenizer.decode(idx_list).float()
-        save_sample_grid(images, [CLASSES[c] for c in class_ids], per_row, args.out)
+                images = generate_in_batches(model, tokenizer, labels, args.reject, sampling)
+        save_sample_grid(images, [CLASSES[c] for c in class_ids], per_row, args.out, columns)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
+    except (RuntimeError, MemoryError) as e:
+        if not is_out_of_memory(e):
+            raise
+        sys.exit(f"error: out of memory while sampling ({str(e).splitlines()[0][:100]}); ask for fewer pictures")
     except KeyboardInterrupt:
         sys.exit(130)
-    what = f"{args.edit} edits of image {args.image}" if args.edit else "samples"
+    what = f"{args.edit} edits of image {args.image}" if args.edit else "samples" if args.reject == 1 else \
+        f"samples, each the best of {args.reject} by the model's implicit classifier"
     shown = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in settings.items())
-    print(f"wrote {args.out}: {len(class_ids)} classes × {args.n_per_class} {what} from {args.ckpt} ({shown}, "
-          f"seed {args.seed})")
+    print(f"wrote {args.out}: {len(class_ids)} classes × {args.n_per_class} {what} from {args.ckpt}, {weights} "
+          f"weights ({shown}, seed {args.seed})")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # exiting: a further Ctrl-C has nothing left to stop
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -39,7 +39,7 @@ SPLIT_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test
 OFFICIAL_MD5 = {"data_batch_1": "c99cafc152244af753f735de768cd75f", "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
                 "data_batch_3": "54ebc095f3ab1f0389bbae665268c751", "data_batch_4": "634d18415352ddfa80567beed471001a",
                 "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb", "test_batch": "40351d587109b95175f43aff81a1287e"}
-_checked = set()  # folders already compared with OFFICIAL_MD5 in this process
+_checked = set()  # (folder, file) pairs already compared with OFFICIAL_MD5 in this process
 
 
 class DataError(Exception):
@@ -59,8 +59,15 @@ def download_cifar10(data_dir, url: str = CIFAR_URL, md5: str = CIFAR_MD5) -> Pa
     Folders it had to create are removed again if the download fails."""
     data_dir = Path(data_dir)
     created = [p for p in [data_dir, *data_dir.parents] if not p.exists()]
-    data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-"):
+                pass  # can we write here at all? (before a 170 MB download, not after)
+        except OSError as e:
+            raise DataError(f"CIFAR-10 is not in {data_dir} and cannot be downloaded there ({e.strerror or e}): pass "
+                            f"--data-dir to a folder you can write, or copy the official 'cifar-10-batches-py' "
+                            f"folder into {data_dir}") from None
         with tempfile.TemporaryDirectory(dir=data_dir, prefix=".download-") as tmp:
             tarball = Path(tmp) / "cifar-10-python.tar.gz"
             try:
@@ -117,10 +124,9 @@ def read_batch(path: Path):
 
 
 def check_official(folder: Path, names):
-    """One notice, once per folder, if its files are not byte for byte the official ones."""
-    if folder in _checked:
-        return
-    _checked.add(folder)
+    """One notice per split, once per file and process, if its files are not byte for byte the official ones."""
+    names = [n for n in names if (folder, n) not in _checked]
+    _checked.update((folder, n) for n in names)
     differ = [n for n in names if hashlib.md5((folder / n).read_bytes()).hexdigest() != OFFICIAL_MD5.get(n)]
     if differ:
         print(f"note: CIFAR-10's {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the official "

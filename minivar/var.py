@@ -46,6 +46,8 @@ class VAR(nn.Module):
         self.cfg = cfg
         if cfg.attention not in ("sdpa", "flex"):
             raise ValueError(f"attention={cfg.attention!r}: expected 'sdpa' or 'flex'")
+        if cfg.dim % cfg.heads:
+            raise ValueError(f"width {cfg.dim} does not split into {cfg.heads} heads: choose a multiple of {cfg.heads}")
         self.block_sizes = self.prediction_blocks(cfg.scales)  # the tokens predicted together, one block per step
         self.seq_len = sum(self.block_sizes)  # 155 for the default scales
         self.class_emb = nn.Embedding(cfg.num_classes + 1, cfg.dim)  # +1: the null class

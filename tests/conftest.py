@@ -1,4 +1,5 @@
 """Shared test helpers: a tiny synthetic CIFAR-10 in the official python layout."""
+import os
 import pickle
 import subprocess
 import sys
@@ -8,7 +9,15 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_CIFAR = ROOT.parent / "shared" / "data"
+
+
+def real_cifar_dir():
+    """Where a user keeps real CIFAR-10: $MINIVAR_DATA_DIR, else ./data (train.py's --data-dir default)."""
+    return Path(os.environ.get("MINIVAR_DATA_DIR", ROOT / "data"))
+
+
+def has_real_cifar():
+    return (real_cifar_dir() / "cifar-10-batches-py" / "test_batch").is_file()
 
 
 def write_fake_cifar(folder: Path, n_train=200, n_test=100, seed=0):
@@ -37,10 +46,12 @@ def fake_data_dir(tmp_path):
 
 
 @pytest.fixture
-def shared_cifar():
-    if not (SHARED_CIFAR / "cifar-10-batches-py" / "test_batch").is_file():
-        pytest.skip(f"real CIFAR-10 not found at {SHARED_CIFAR} (only on the project's machines)")
-    return SHARED_CIFAR
+def real_cifar():
+    """The folder holding real CIFAR-10 (cifar-10-batches-py/), or a skip that says where it was looked for."""
+    if not has_real_cifar():
+        pytest.skip(f"real CIFAR-10 not found in {real_cifar_dir()}: put cifar-10-batches-py/ there (python train.py "
+                    "downloads it), or point MINIVAR_DATA_DIR at the folder holding it")
+    return real_cifar_dir()
 
 
 def run_script(*args, env=None, cwd=ROOT):

@@ -16,8 +16,8 @@ def test_loads_official_layout(fake_data_dir):
     assert load_cifar10(fake_data_dir, "test")[0].shape == (100, 3, 32, 32)
 
 
-def test_real_cifar_matches_official_statistics(shared_cifar):
-    x, y = load_cifar10(shared_cifar, "train", download=False)
+def test_real_cifar_matches_official_statistics(real_cifar):
+    x, y = load_cifar10(real_cifar, "train", download=False)
     assert x.shape == (50000, 3, 32, 32) and torch.bincount(y).tolist() == [5000] * 10
     mean = (x.float() / 255).mean(dim=(0, 2, 3))
     assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=2e-3)

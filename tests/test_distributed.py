@@ -13,18 +13,24 @@ from minivar.training.device import conv_layout
 from tests.conftest import run_script, write_fake_cifar
 
 ENV = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz", "OMP_NUM_THREADS": "1"}
-TINY = ["--preset", "tiny", "--batch-size", "16", "--max-steps", "12", "--eval-every", "6", "--reseed-every", "4"]
+TINY = ["--preset", "tiny", "--batch-size", "16", "--max-steps", "12", "--eval-every", "6"]
+
+
+def tiny(args):
+    """TINY, and for runs that train a tokenizer, re-seeding often enough to happen in 12 steps
+    (train.py refuses a tokenizer flag for a command that trains no tokenizer)."""
+    return TINY + ([] if "var" in args else ["--reseed-every", "4"])
 
 
 def torchrun(*args):
-    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
+    result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *tiny(args),
                         *args, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
 
 def single(*args):
-    result = run_script("train.py", *TINY, *args, env=ENV)
+    result = run_script("train.py", *tiny(args), *args, env=ENV)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -150,3 +156,40 @@ def test_a_batch_that_does_not_split_is_one_line(runs, tmp_path):
     result = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py", *TINY,
                         "--batch-size", "15", "--stage", "tokenizer", *data, "--out-dir", tmp_path, env=ENV)
     assert result.returncode != 0 and "--batch-size 15 does not split evenly over 2 processes" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["one worker", "every process"])
+def test_a_signal_under_torchrun_stops_every_process_at_one_saved_step(target, tmp_path):
+    """SIGTERM to one worker, or Ctrl-C (SIGINT to the whole process group): every rank stops at the
+    same step, rank 0 saves it and says "interrupted", no worker dies on a closed connection, and
+    the exit status says the run did not finish. A single process then resumes it to the end."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+    write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    out, common = tmp_path / "out", ["--preset", "tiny", "--data-dir", str(tmp_path / "data")]
+    single("--stage", "tokenizer", "--perceptual-weight", "0", *common, "--out-dir", out)
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                                "train.py", *common, "--stage", "var", "--max-steps", "3000", "--eval-every", "5",
+                                "--out-dir", str(out)], cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while not (out / "var.pt").exists() and time.time() < deadline:  # a first checkpoint: training is under way
+        time.sleep(0.1)
+    if target == "one worker":
+        workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+        os.kill(int(workers[-1]), signal.SIGTERM)
+    else:
+        os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=180)
+    assert process.returncode != 0 and "interrupted at step" in err and "stopped (--stop-at)" not in err
+    assert "Connection closed" not in err and "Connection reset" not in err, err[-3000:]
+    ckpt = torch.load(out / "var.pt", weights_only=True)
+    assert 5 <= ckpt["step"] < 3000 and not ckpt["finished"]
+    assert f"interrupted at step {ckpt['step']}: saved" in err
+    single("--stage", "var", *common, "--out-dir", out, "--resume", "--max-steps", str(ckpt["step"] + 5))
+    assert torch.load(out / "var.pt", weights_only=True)["finished"]

@@ -3,8 +3,9 @@ to bottom in fast mode (MINIVAR_FAST=1), its figures drawn and its own `assert` 
 
 The lesson notebooks (01, 02, 03, 06) state claims in prose and check them with `assert`s in
 their cells, so a broken claim fails the notebook, and the notebook fails here. They read real
-CIFAR-10 from ../shared/data when it is there, else a tiny synthetic copy; their model comes
-from workspace.lesson_setup (your run, else the shipped model, else a tiny one trained on the spot).
+CIFAR-10 where a user keeps it ($MINIVAR_DATA_DIR, else ./data) when it is there, else a tiny
+synthetic copy; their model comes from workspace.lesson_setup (your run, else the shipped model,
+else a tiny one trained on the spot).
 """
 import re
 
@@ -14,7 +15,7 @@ import torch
 from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.training import workspace
 from minivar.var import VAR, VARConfig
-from tests.conftest import ROOT, SHARED_CIFAR, write_fake_cifar
+from tests.conftest import ROOT, has_real_cifar, real_cifar_dir, write_fake_cifar
 
 nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev extra: pip install -e '.[dev]'")
 nbclient = pytest.importorskip("nbclient", reason="notebook tests need the dev extra: pip install -e '.[dev]'")
@@ -79,7 +80,7 @@ def test_lessons_use_the_shared_setup_and_check_their_claims(path):
     setup = [line for line in cells[0].source.splitlines() if line.strip()]
     assert "lesson_setup(" in cells[0].source and len(setup) <= 15, "a setup cell of a few lines"
     sources = "\n".join(c.source for c in cells)
-    assert "import train" not in sources and "out-notebook" not in sources  # no training of their own
+    assert "import train" not in sources and "out-notebook" not in sources  # no train.py runs (small in-cell ones only)
     assert len(re.findall(r"^\s*assert ", sources, re.M)) >= 2, "state a claim, then assert it"
 
 
@@ -159,8 +160,8 @@ def test_with_no_model_anywhere_a_tiny_one_is_trained_and_said_loudly(places, ca
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
 def test_notebook_runs_in_fast_mode_and_draws_its_figures(path, tmp_path, monkeypatch):
     monkeypatch.setenv("MINIVAR_FAST", "1")
-    data = SHARED_CIFAR
-    if not (SHARED_CIFAR / "cifar-10-batches-py").is_dir():
+    data = real_cifar_dir()
+    if not has_real_cifar():
         data = tmp_path / "data"
         write_fake_cifar(data / "cifar-10-batches-py", n_train=500, n_test=500)
     monkeypatch.setenv("MINIVAR_DATA_DIR", str(data))

@@ -19,7 +19,7 @@ import torch
 
 import train
 from minivar import data
-from minivar.training import checkpoint
+from minivar.training import files
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tests.conftest import ROOT, write_fake_cifar
 
@@ -55,7 +55,9 @@ def reference(data_dir, tmp_path_factory):
 
 
 def weights(path):
-    return torch.load(path, weights_only=True)["model"]
+    """The weights, and for a generator its moving average too: resuming must restore both exactly."""
+    ckpt = torch.load(path, weights_only=True)
+    return {**ckpt["model"], **{f"ema.{k}": v for k, v in ckpt.get("ema", {}).items()}}
 
 
 def same(a, b):
@@ -226,7 +228,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(data_dir, referen
             raise OSError(errno.ENOSPC, "No space left on device")
         fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     message = exits(data_dir, out, "--stage", "var", "--resume")
     assert message.startswith("error: no space left") and "var.pt" in message and "\n" not in message
     assert (out / "var.pt").read_bytes() == good and not list(out.glob("*.tmp"))

@@ -118,7 +118,7 @@ def random_model(sampler, n, dim, depth, heads, ratio, device):
 
 
 def time_generation(model, quantizer, batch, use_cache, device, repeats):
-    """Median seconds of one `generate` call (CFG on, as in real sampling)."""
+    """Seconds of each of `repeats` `generate` calls (CFG on, as in real sampling)."""
     labels = torch.arange(batch, device=device) % 10
     times = []
     for _ in range(repeats):
@@ -130,13 +130,15 @@ def time_generation(model, quantizer, batch, use_cache, device, repeats):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
+    return times
 
 
 def measure(grids, batch_sizes, dim, depth, heads, ratio, device, max_run_s, budget_s, progress=True):
-    """Wall time of every sampler at every (n, batch) that fits. A run is skipped when its
-    time, predicted from the same sampler's previous grid scaled by the counted FLOPs,
-    exceeds max_run_s, or when the whole budget is spent."""
+    """Wall time of every sampler at every (n, batch) that fits: the median of 2 to 3 repeats,
+    and their spread ((slowest − fastest) / median), which says how steady the machine was.
+    A run is skipped, with the reason in its row, when its time, predicted from the same
+    sampler's previous grid scaled by the counted FLOPs, exceeds max_run_s, or when the whole
+    budget is spent."""
     rows, start = [], time.perf_counter()
     last = {}  # (sampler, batch) -> (n, seconds) of the last measured run
     jobs = [(n, b, s) for n in grids for b in batch_sizes for s in SAMPLERS]
@@ -157,8 +159,10 @@ def measure(grids, batch_sizes, dim, depth, heads, ratio, device, max_run_s, bud
                 row["skipped"] = f"predicted {predicted:.0f} s > --max-run-s {max_run_s:g}"
             else:
                 model, quantizer = random_model(sampler, n, dim, depth, heads, ratio, device)
-                repeats = 3 if predicted is None or predicted < 1.0 else 1
-                row["seconds"] = time_generation(model, quantizer, batch, sampler.endswith("_cache"), device, repeats)
+                repeats = 3 if predicted is None or predicted < 1.0 else 2
+                times = sorted(time_generation(model, quantizer, batch, sampler.endswith("_cache"), device, repeats))
+                row["seconds"] = times[len(times) // 2]
+                row["spread"] = (times[-1] - times[0]) / row["seconds"]
                 last[(sampler, batch)] = (n, row["seconds"])
             rows.append(row)
     return rows

@@ -1,23 +1,23 @@
 """Checkpoints and result files: written atomically, read as data.
 
-- Writing: a temporary file in the same folder, flushed to the disk (fsync), then renamed
-  over the target. An interrupted write (Ctrl-C, SIGKILL, a power cut) never leaves a
-  half-written file, and the temporaries a killed write left behind are removed by the
-  next write of the same file. A full disk is said in one line; the previous file stays.
+- Writing: atomic (files.py): an interrupted write never leaves a half-written file, and a
+  full disk is said in one line; the previous file stays.
 - Reading: torch.load(weights_only=True). A checkpoint is a plain dict of tensors, numbers,
   strings and dicts, never code to execute; the model's config travels inside it, so the
-  file alone rebuilds the model. A var or ar checkpoint also carries its tokenizer.
+  file alone rebuilds the model. A var or ar checkpoint also carries its tokenizer. Before it
+  is used, a file is checked whole (the zip's checksums) and for what its kind must hold.
 """
-import errno
+import io
 import json
-import os
-import tempfile
+import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
 from minivar.ar import AR
 from minivar.tokenizer import Tokenizer, TokenizerConfig
+from minivar.training.files import atomic_write
 from minivar.var import VAR, VARConfig
 
 
@@ -26,41 +26,12 @@ class CheckpointError(Exception):
     not be written: said in one line, with what to do about it."""
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it, rename it over `path`."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise CheckpointError(f"cannot write {path}: {path.parent} is a file, not a folder") from None
-    for stale in path.parent.glob(f"{path.name}.*.tmp"):  # left by a write that was killed
-        stale.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())  # on the disk before the rename makes it the real file
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give outputs the usual permissions
-        os.replace(tmp, path)  # atomic on POSIX and Windows
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-            raise CheckpointError(f"no space left on the disk of {path.parent} while writing {path.name}; "
-                                  f"nothing was replaced: free some space and run again") from None
-        raise
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_checkpoint(obj, path) -> None:
-    atomic_write(path, lambda f: torch.save(obj, f))
+    """torch.save into memory first, then one atomic write: a full disk then fails in the
+    write, said in one line (files.py), never inside torch's zip writer."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def save_json(obj, path) -> None:
@@ -68,8 +39,10 @@ def save_json(obj, path) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
-def load_checkpoint(path, kind: str | None = None) -> dict:
-    """Load a checkpoint onto the CPU. `kind` ('tokenizer', 'var', ...) is checked if given."""
+def read_verified(path):
+    """torch.load(weights_only=True) of a file written by save_checkpoint, after checking that it
+    is a whole, undamaged zip archive: every entry's CRC-32 is compared with its bytes (torch.load
+    does not look, so one flipped byte would load silently as a changed weight)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with train.py or pass the right path")
@@ -79,17 +52,71 @@ def load_checkpoint(path, kind: str | None = None) -> dict:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip archive); pass a file written by "
                               "train.py")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # the first entry whose bytes fail their CRC-32, or None
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise CheckpointError(f"{path} is truncated or damaged ({type(e).__name__}); retrain, or pass another "
+                              "file") from None
+    if damaged is not None:
+        raise CheckpointError(f"{path} is damaged: its part {damaged} fails its checksum (CRC-32); retrain, or pass "
+                              "another file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # weights_only refusals are UnpicklingErrors; damaged archives RuntimeErrors
         if "weights_only" in str(e) or "Weights only" in str(e):
             raise CheckpointError(f"{path} holds objects other than tensors and plain data; refused, since loading "
                                   "them could run code (weights_only=True)") from None
         raise CheckpointError(f"{path} is truncated or damaged ({type(e).__name__}); retrain, or pass another "
                               "file") from None
+
+
+# What a checkpoint of each kind holds (beyond "kind"), and the settings classes its configs must fit.
+HOLDS = {"perceptual": ("model_config", "model"), "tokenizer": ("model_config", "model"),
+         "var": ("model_config", "model", "tokenizer_config", "tokenizer"),
+         "ar": ("model_config", "model", "tokenizer_config", "tokenizer"), "fid-reference": ("mu", "sigma")}
+RESUMABLE = ("train_config", "optimizer", "step", "train_seconds", "rng")  # what --resume needs besides
+
+
+def config_classes(kind):
+    from minivar.training.presets import TrainConfig  # (presets imports this module's neighbours: import late)
+    from minivar.training.sharpness import PerceptualConfig
+    model = {"perceptual": PerceptualConfig, "tokenizer": TokenizerConfig, "var": VARConfig, "ar": VARConfig}
+    classes = {"train_config": TrainConfig}
+    if kind in model:
+        classes["model_config"] = model[kind]
+    if kind in ("var", "ar"):
+        classes["tokenizer_config"] = TokenizerConfig
+    return classes
+
+
+def load_checkpoint(path, kind: str | None = None, resumable=False) -> dict:
+    """Load a checkpoint onto the CPU, checked whole (read_verified) and checked for what its kind
+    must hold, configs whose settings this version of minivar knows: a malformed file is one line
+    naming it, never a KeyError later. `kind` ('tokenizer', 'var', ...) is checked if given;
+    `resumable`: it must also hold what --resume needs (optimizer, step, RNG state, settings)."""
+    path = Path(path)
+    ckpt = read_verified(path)
     if not isinstance(ckpt, dict) or "kind" not in ckpt:
         raise CheckpointError(f"{path} is not a minivar checkpoint (no 'kind' entry)")
     if kind is not None and ckpt["kind"] != kind:
         raise CheckpointError(f"{path} is a {ckpt['kind']} checkpoint, but a {kind} checkpoint is needed here")
+    missing = [k for k in HOLDS.get(ckpt["kind"], ()) + (RESUMABLE if resumable else ()) if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is a {ckpt['kind']} checkpoint without {', '.join(missing)}" +
+                              ("; it cannot be resumed (--force starts over)" if resumable else
+                               "; pass a file written by train.py"))
+    for key, cls in config_classes(ckpt["kind"]).items():
+        if key not in ckpt:
+            continue
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(ckpt[key]) - known) if isinstance(ckpt[key], dict) else ["(not a dict)"]
+        if unknown:
+            raise CheckpointError(f"{path}: its {key} has settings this version of minivar does not know "
+                                  f"({', '.join(map(str, unknown))}); it was written by another version")
+    for key in ("model", "tokenizer", "ema"):
+        if key in ckpt and not (isinstance(ckpt[key], dict) and all(isinstance(v, torch.Tensor)
+                                                                    for v in ckpt[key].values())):
+            raise CheckpointError(f"{path}: its {key} entry is not a dict of tensors; pass a file written by train.py")
     return ckpt
 
 
@@ -105,12 +132,36 @@ def frozen_tokenizer(config: dict, state: dict):
     return tokenizer.eval().requires_grad_(False)
 
 
-def load_generator(ckpt_path, device):
+WEIGHTS = ("ema", "raw")  # which weights of a generator to sample from (training/ema.py)
+
+
+def load_generator(ckpt_path, device, weights="ema"):
     """(model, tokenizer) rebuilt from a var or ar checkpoint alone (it carries its tokenizer)."""
-    return generator_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, device)
+    return generator_from_checkpoint(load_checkpoint(ckpt_path), ckpt_path, device, weights)
 
 
-def generator_from_checkpoint(ckpt, ckpt_path, device):
+def weights_used(ckpt, weights="ema"):
+    """Which weights a generator checkpoint gives for a request: "ema" (the moving average of
+    the weights, training/ema.py) where it has one, else "raw" (the optimizer's last weights).
+    A training checkpoint holds both ("model" and "ema"); an exported one holds one set under
+    "model" and says which in "weights"."""
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights {weights!r}: choose one of {', '.join(WEIGHTS)}")
+    has_ema = "ema" in ckpt or ckpt.get("weights") == "ema"
+    return "ema" if weights == "ema" and has_ema else "raw"
+
+
+def generator_weights(ckpt, ckpt_path, weights="ema"):
+    """The state dict to sample from (see weights_used)."""
+    if weights_used(ckpt, weights) == "ema":
+        return ckpt.get("ema", ckpt["model"])
+    if ckpt.get("weights", "raw") != "raw":
+        raise CheckpointError(f"{ckpt_path} holds only its EMA weights (an exported file); the raw weights are in the "
+                              "training checkpoint it was exported from")
+    return ckpt["model"]
+
+
+def generator_from_checkpoint(ckpt, ckpt_path, device, weights="ema"):
     """load_generator for a checkpoint already read (ckpt_path only names it in errors)."""
     models = {"var": VAR, "ar": AR}
     if ckpt["kind"] not in models:
@@ -118,7 +169,7 @@ def generator_from_checkpoint(ckpt, ckpt_path, device):
                               f"(train one with: python train.py --stage var)")
     model = models[ckpt["kind"]](VARConfig(**ckpt["model_config"]))
     try:
-        model.load_state_dict(as_float32(ckpt["model"]))
+        model.load_state_dict(as_float32(generator_weights(ckpt, ckpt_path, weights)))
     except RuntimeError:
         raise CheckpointError(f"{ckpt_path}: its weights do not match the model config stored with them") from None
     tokenizer = frozen_tokenizer(ckpt["tokenizer_config"], ckpt["tokenizer"])
@@ -129,8 +180,9 @@ SAMPLING_SETTINGS = ("cfg_scale", "top_k", "top_p", "temperature")  # what a che
 LOCAL_FOLDERS = ("data_dir", "out_dir", "tokenizer", "perceptual")  # train_config's paths on the training machine
 
 
-def export_for_sampling(ckpt_path, out_path, sampling=None):
-    """A var (or ar) checkpoint made small for sampling: model and tokenizer weights in half
+def export_for_sampling(ckpt_path, out_path, sampling=None, weights="ema"):
+    """A var (or ar) checkpoint made small for sampling: one set of model weights (the EMA's
+    if it has one, unless weights="raw"; "weights" says which) and the tokenizer's, in half
     precision, no optimizer state, plus the sampling settings to use by default (sample.py
     reads them). Loads like any checkpoint (as_float32 restores float32 weights). The training
     settings travel with it, less the folders of the machine that trained it: a shared file
@@ -138,13 +190,15 @@ def export_for_sampling(ckpt_path, out_path, sampling=None):
     ckpt = load_checkpoint(ckpt_path)
     if ckpt["kind"] not in ("var", "ar"):
         raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed")
-    half = {k: {name: v.half() if v.is_floating_point() else v for name, v in ckpt[k].items()}
-            for k in ("model", "tokenizer")}
+    chosen = {"model": generator_weights(ckpt, ckpt_path, weights), "tokenizer": ckpt["tokenizer"]}
+    half = {k: {name: v.half() if v.is_floating_point() else v for name, v in state.items()}
+            for k, state in chosen.items()}
     keep = ("kind", "model_config", "tokenizer_config", "train_config", "step", "train_seconds", "finished")
     kept = {k: ckpt[k] for k in keep if k in ckpt}
     if "train_config" in kept:
         kept["train_config"] = {k: v for k, v in kept["train_config"].items() if k not in LOCAL_FOLDERS}
-    save_checkpoint({**kept, **half, "sampling": dict(sampling or {})}, out_path)
+    exported = {**kept, **half, "weights": weights_used(ckpt, weights), "sampling": dict(sampling or {})}
+    save_checkpoint(exported, out_path)
 
 
 def main(argv=None):
@@ -159,13 +213,17 @@ def main(argv=None):
     for flag, kind in (("--cfg-scale", non_negative), ("--top-k", non_negative_int), ("--top-p", probability),
                        ("--temperature", positive)):
         p.add_argument(flag, type=kind, help="the default sample.py will use (default: none stored)")
+    p.add_argument("--weights", choices=WEIGHTS, default="ema", help="ema: the moving average of the weights, if the "
+                   "checkpoint has one; raw: the optimizer's last weights (default: ema)")
     args = p.parse_args(argv)
     sampling = {k: v for k in SAMPLING_SETTINGS if (v := getattr(args, k)) is not None}
     try:
-        export_for_sampling(args.ckpt, args.out, sampling)
+        export_for_sampling(args.ckpt, args.out, sampling, args.weights)
     except (CheckpointError, OSError) as e:
         sys.exit(f"error: {e}")
-    print(f"wrote {args.out}: {Path(args.out).stat().st_size / 2**20:.1f} MiB, sampling defaults {sampling}")
+    exported = load_checkpoint(args.out)["weights"]
+    print(f"wrote {args.out}: {Path(args.out).stat().st_size / 2**20:.1f} MiB, {exported} weights, sampling defaults "
+          f"{sampling}")
 
 
 if __name__ == "__main__":

@@ -33,16 +33,18 @@ def save_reconstruction_grid(x_B3HW, recs, scales, path):
     save_figure(fig, path)
 
 
-def save_sample_grid(images_B3HW, row_labels, n_per_row, path):
-    """A grid with one labelled row per class."""
+def save_sample_grid(images_B3HW, row_labels, n_per_row, path, column_labels=None):
+    """A grid with one labelled row per class (and, if given, a label over each column)."""
     rows = len(row_labels)
-    fig = Figure(figsize=(1.1 * n_per_row + 1.0, 1.1 * rows))
+    fig = Figure(figsize=(1.1 * n_per_row + 1.0, 1.1 * rows + (0.25 if column_labels else 0)))
     axes = fig.subplots(rows, n_per_row, squeeze=False)
     for r in range(rows):
         for c in range(n_per_row):
             axes[r, c].imshow(to_numpy_image(images_B3HW[r * n_per_row + c]))
             axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
         axes[r, 0].set_ylabel(row_labels[r], rotation=0, ha="right", va="center", fontsize=8)
+    for c, label in enumerate(column_labels or []):
+        axes[0, c].set_title(label, fontsize=8)
     fig.tight_layout(pad=0.2)
     save_figure(fig, path)
 

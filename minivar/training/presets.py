@@ -5,10 +5,10 @@ Settings come from three places, later ones winning: the preset, the checkpoint 
 resumed, and the flags typed (train.py).
 """
 import argparse
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from minivar.tokenizer import TokenizerConfig
-from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int
+from minivar.training.cli import OneLineParser, below_one, non_negative, non_negative_int, positive, positive_int, seed
 from minivar.training.sharpness import PerceptualConfig
 from minivar.var import VARConfig
 
@@ -23,7 +23,8 @@ def flag(default, help, **kw):
 @dataclass
 class TrainConfig:
     stage: str = flag("all", "what to train", choices=STAGES + BASELINES + ("all",))
-    preset: str = flag("gpu", "model sizes and budgets", choices=("gpu", "gpu-long", "cpu", "tiny"))
+    preset: str = flag("auto", "model sizes and budgets; auto: gpu where a CUDA GPU is, else cpu (the gpu preset "
+                               "would take hours on a laptop)", choices=("auto", "gpu", "gpu-long", "cpu", "tiny"))
     data_dir: str = flag("./data", "folder holding cifar-10-batches-py/ (downloaded there if absent)")
     out_dir: str = flag("./out", "checkpoints, logs and pictures of this run")
     device: str = flag("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
@@ -34,12 +35,19 @@ class TrainConfig:
     warmup_steps: int = flag(200, "steps of linear learning-rate warm-up")
     weight_decay: float = flag(0.0, "AdamW weight decay")
     grad_clip: float = flag(1.0, "gradients are clipped to this norm")
+    ema_decay: float = flag(0.0, "var, ar: keep an exponential moving average of the weights with this decay (warmed "
+                                 "up as (1 + step)/(10 + step)); samples come from it. 0: none", stages=("var", "ar"))
     log_every: int = flag(25, "steps between lines of <stage>_log.jsonl (and progress-bar figures)")
     eval_every: int = flag(2000, "steps between test evaluations, each with a checkpoint and a picture")
     eval_images: int = flag(10_000, "test images an evaluation uses")
-    reseed_every: int = flag(100, "tokenizer: steps between re-seeds of unused codes")
-    tokenizer: str = flag("", "var, ar: the tokenizer checkpoint (default: <out-dir>/tokenizer.pt)")
-    perceptual: str = flag("", "tokenizer: the perceptual network's checkpoint (default: <out-dir>/perceptual.pt)")
+    train_images: int = flag(0, "train on the first N training images only (0: all 50,000)")
+    reseed_every: int = flag(100, "tokenizer: steps between re-seeds of unused codes", stages=("tokenizer",))
+    tokenizer: str = flag("", "var, ar: the tokenizer checkpoint (default: <out-dir>/tokenizer.pt)", stages=("var", "ar"))
+    perceptual: str = flag("", "tokenizer: the perceptual network's checkpoint (default: <out-dir>/perceptual.pt)",
+                           stages=("tokenizer",))
+    init_from: str = flag("", "var, ar: start a new run from the weights of this var or ar checkpoint (e.g. "
+                              "checkpoints/var_cpu.pt) and the tokenizer it carries; the optimizer starts afresh",
+                          stages=("var", "ar"))
     compile: bool = flag(False, "torch.compile the model (pays on a GPU; the first steps are slower)")
     stop_at: int = flag(0, "if > 0, stop at this step with a checkpoint; the schedule still aims at --max-steps")
     resume: bool = flag(False, "continue the run whose checkpoint is in --out-dir")
@@ -53,6 +61,9 @@ MODEL_FLAGS = {
     "perceptual_weight": ("tokenizer", "weight of the perceptual loss (0: off; both 0: the plain L2 tokenizer)"),
     "disc_start": ("tokenizer", "the step the discriminator starts learning"),
     "disc_warmup": ("tokenizer", "steps it learns alone before its loss reaches the decoder"),
+    "dim": ("var", "transformer width"),
+    "depth": ("var", "transformer blocks"),
+    "heads": ("var", "attention heads (they split the width)"),
     "attention": ("var", "attention in full passes: sdpa (the dense mask), flex (FlexAttention: skips masked tiles) "
                          "or auto (time both on this device at start-up, keep the faster)"),
 }
@@ -64,13 +75,14 @@ PRESETS = {
             "tokenizer": ({"max_steps": 3000, "batch_size": 128, "lr": 2e-3, "eval_every": 1500},
                           {"widths": (128, 256, 256), "res_blocks": 2, "disc_start": 1000, "disc_warmup": 500}),
             "var": ({"max_steps": 6000, "batch_size": 256, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 300,
-                     "eval_every": 3000}, {"dim": 384, "depth": 8, "heads": 6})},
+                     "eval_every": 3000, "ema_decay": 0.999}, {"dim": 384, "depth": 8, "heads": 6})},
     "cpu": {"perceptual": ({"max_steps": 800, "batch_size": 128, "lr": 2e-3, "warmup_steps": 50, "eval_every": 800,
                             "eval_images": 2000}, {}),
             "tokenizer": ({"max_steps": 1400, "batch_size": 64, "lr": 2e-3, "eval_every": 500, "eval_images": 2000},
                           {"widths": (64, 128, 128), "res_blocks": 1, "disc_start": 500, "disc_warmup": 300}),
             "var": ({"max_steps": 1700, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100,
-                     "eval_every": 400, "eval_images": 2000}, {"dim": 192, "depth": 6, "heads": 4})},
+                     "eval_every": 400, "eval_images": 2000, "ema_decay": 0.999},
+                    {"dim": 192, "depth": 6, "heads": 4})},
     "tiny": {"perceptual": ({"max_steps": 10, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "log_every": 5,
                              "eval_every": 10, "eval_images": 64}, {"widths": (8, 16, 16)}),
              "tokenizer": ({"max_steps": 30, "batch_size": 16, "lr": 2e-3, "warmup_steps": 5, "log_every": 5,
@@ -78,7 +90,8 @@ PRESETS = {
                            {"widths": (16, 32, 32), "res_blocks": 1, "vocab_size": 64, "latent_dim": 8,
                             "disc_start": 8, "disc_warmup": 2}),
              "var": ({"max_steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 5,
-                      "eval_every": 10, "eval_images": 64}, {"dim": 32, "depth": 2, "heads": 2})},
+                      "eval_every": 10, "eval_images": 64, "ema_decay": 0.999, "train_images": 2000},
+                     {"dim": 32, "depth": 2, "heads": 2})},
 }
 PRESETS["gpu-long"] = {  # the gpu preset scaled up for about an hour
     "perceptual": PRESETS["gpu"]["perceptual"],
@@ -89,6 +102,61 @@ PRESETS["gpu-long"] = {  # the gpu preset scaled up for about an hour
 for _preset in PRESETS.values():  # the AR baseline gets VAR's budget: same width, depth, steps, batch
     _preset["ar"] = _preset["var"]
 MODEL_CONFIGS = {"perceptual": PerceptualConfig, "tokenizer": TokenizerConfig, "var": VARConfig, "ar": VARConfig}
+CHANGEABLE_ON_RESUME = ("attention",)  # how attention is computed, not what the weights are
+NOT_RESUMED = ("stop_at", "resume", "force")  # train_config entries that apply to one command only
+
+
+def flag_stages(name):
+    """The stages a flag applies to: train_config flags by their metadata, model flags by MODEL_FLAGS
+    (var's model flags are ar's too); None for flags of every stage."""
+    if name in MODEL_FLAGS:
+        kind = MODEL_FLAGS[name][0]
+        return ("var", "ar") if kind == "var" else (kind,)
+    train_field = TrainConfig.__dataclass_fields__.get(name)
+    return train_field.metadata.get("stages") if train_field else None
+
+
+def preset_name(cli):
+    """The preset a command uses: the one typed, or for auto (the default) gpu on a CUDA GPU, else cpu."""
+    import torch
+    preset = cli.get("preset", TrainConfig.preset)
+    return ("gpu" if torch.cuda.is_available() else "cpu") if preset == "auto" else preset
+
+
+def run_settings(kind, cli, ckpt=None, ckpt_path=None):
+    """(TrainConfig, model config) of a run of stage `kind`: the preset's, then on --resume the
+    checkpoint's, then the flags typed (cli). A flag that would change what a resumed
+    checkpoint is (its preset or its model) is refused in one line (ValueError): it cannot
+    apply to weights already trained, and ignoring it would be worse."""
+    typed = cli.get("preset", "auto")
+    preset = ckpt["train_config"].get("preset", "cpu") if ckpt is not None and typed == "auto" else preset_name(cli)
+    preset_train, preset_model = PRESETS[preset][kind]
+    cfg = replace(TrainConfig(), **preset_train, preset=preset)
+    model_cfg = MODEL_CONFIGS[kind](**preset_model)
+    if ckpt is not None:
+        saved = ckpt["train_config"]
+        if typed != "auto" and typed != saved.get("preset", typed):
+            raise ValueError(f"--preset {cli['preset']}: {ckpt_path} was trained with --preset {saved['preset']}, "
+                             "which sized its model; the preset cannot change on --resume (single flags such as --lr "
+                             "or --max-steps can; --force starts over)")
+        cfg = replace(cfg, **{k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__
+                              and k not in NOT_RESUMED})
+        model_cfg = MODEL_CONFIGS[kind](**ckpt["model_config"])
+    cfg = replace(cfg, **{k: v for k, v in cli.items() if k in TrainConfig.__dataclass_fields__ and k != "preset"})
+    for name in MODEL_FLAGS:
+        if name not in cli or kind not in flag_stages(name):
+            continue
+        if ckpt is not None and name not in CHANGEABLE_ON_RESUME and cli[name] != getattr(model_cfg, name):
+            raise ValueError(f"--{name.replace('_', '-')} {shown(cli[name])}: {ckpt_path} was trained with "
+                             f"{shown(getattr(model_cfg, name))}; a model setting cannot change on --resume (--force "
+                             "starts over, or pass another --out-dir)")
+        model_cfg = replace(model_cfg, **{name: cli[name]})
+    return cfg, model_cfg
+
+
+def shown(value):
+    """A setting as it is typed: 1,2,3 for a tuple."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 
@@ -111,8 +179,8 @@ def parse_args(doc, argv=None) -> dict:
     """Flags for every TrainConfig field and MODEL_FLAGS. Only the flags actually typed are returned."""
     parser = OneLineParser(prog="python train.py", description=doc.split("\n\n")[0], epilog=doc,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    checks = {"seed": int, "warmup_steps": non_negative_int, "stop_at": non_negative_int, "weight_decay": non_negative,
-              "lr": positive, "grad_clip": positive}
+    checks = {"seed": seed, "warmup_steps": non_negative_int, "stop_at": non_negative_int, "weight_decay": non_negative,
+              "lr": positive, "grad_clip": positive, "ema_decay": below_one, "train_images": non_negative_int}
     for f in fields(TrainConfig):
         option, meta = "--" + f.name.replace("_", "-"), f.metadata
         if f.type in (bool, "bool"):
@@ -122,7 +190,8 @@ def parse_args(doc, argv=None) -> dict:
         kind = checks.get(f.name, positive_int if f.type in (int, "int") else str)
         parser.add_argument(option, type=kind, default=None, choices=meta.get("choices"),
                             metavar=None if "choices" in meta else f.name.upper(),
-                            help=f"{meta['help']} (default: {preset_default(f.name) if decided else f.default})")
+                            help=meta["help"] if f.default == "" else  # (their help says what the default is)
+                            f"{meta['help']} (default: {preset_default(f.name) if decided else f.default})")
     parser.add_argument("--scales", type=parse_scales, metavar="SIDES",
                         help=f"tokenizer: {MODEL_FLAGS['scales'][1]} (default: 1,2,3,4,5,6,8)")
     for name in ("adversarial_weight", "perceptual_weight"):
@@ -131,6 +200,11 @@ def parse_args(doc, argv=None) -> dict:
     for name in ("disc_start", "disc_warmup"):
         parser.add_argument("--" + name.replace("_", "-"), type=non_negative_int, metavar="STEPS",
                             help=f"tokenizer: {MODEL_FLAGS[name][1]} (default: {preset_default_model(name)})")
+    for name in ("dim", "depth", "heads"):
+        per_preset = ", ".join(f"{preset} {stages['var'][1].get(name, getattr(VARConfig, name))}"
+                               for preset, stages in PRESETS.items())
+        parser.add_argument("--" + name, type=positive_int, metavar="N",
+                            help=f"var, ar: {MODEL_FLAGS[name][1]} (default: set by --preset: {per_preset})")
     parser.add_argument("--attention", choices=("sdpa", "flex", "auto"),
                         help=f"var, ar: {MODEL_FLAGS['attention'][1]} (default: {VARConfig.attention})")
     return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from minivar.data import to_float
 from minivar.quantizer import flatten_scales
-from minivar.training.checkpoint import save_checkpoint
+from minivar.training.checkpoint import CheckpointError, read_verified, save_checkpoint
 
 
 @torch.no_grad()
@@ -39,9 +39,11 @@ def cached_tokens(tokenizer, cache_dir, train_data, test_data, device):
     cache = Path(cache_dir) / f"tokens-{fingerprint.hexdigest()[:12]}.pt"
     if cache.is_file():
         try:
-            return torch.load(cache, weights_only=True)
-        except Exception:  # cut short or damaged: it is only a cache
-            print(f"note: the token cache {cache} is damaged; rebuilding it", file=sys.stderr)
+            cached = read_verified(cache)
+            check_tokens(cached, tokenizer.cfg, len(train_data[0]), len(test_data[0]))
+            return cached
+        except (CheckpointError, ValueError) as e:  # cut short, damaged, or not what it should hold: only a cache
+            print(f"note: the token cache {cache} is damaged ({e}); rebuilding it", file=sys.stderr)
     was_training = tokenizer.training
     tokenizer.eval()
     (train_x, train_y), (test_x, test_y) = train_data, test_data
@@ -51,3 +53,19 @@ def cached_tokens(tokenizer, cache_dir, train_data, test_data, device):
     tokenizer.train(was_training)
     save_checkpoint(result, cache)  # atomic write, like every checkpoint
     return result
+
+
+def check_tokens(cached, tokenizer_cfg, n_train, n_test):
+    """Raise ValueError unless `cached` is what cached_tokens writes for this tokenizer and data:
+    token rows of the right length with ids inside the codebook, labels of the 10 classes."""
+    L, V = sum(s * s for s in tokenizer_cfg.scales), tokenizer_cfg.vocab_size
+    if not (isinstance(cached, tuple) and len(cached) == 4 and all(isinstance(t, torch.Tensor) for t in cached)):
+        raise ValueError("not four tensors")
+    train, train_y, test, test_y = cached
+    if train.shape != (2 * n_train, L) or test.shape != (n_test, L) or train_y.shape != (2 * n_train,) or \
+            test_y.shape != (n_test,):
+        raise ValueError("shapes that do not fit the data")
+    for ids, high, what in ((train, V, "token ids"), (test, V, "token ids"), (train_y, 10, "labels"),
+                            (test_y, 10, "labels")):
+        if ids.is_floating_point() or len(ids) and not (0 <= int(ids.min()) and int(ids.max()) < high):
+            raise ValueError(f"{what} outside 0..{high - 1}")

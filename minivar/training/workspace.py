@@ -44,7 +44,8 @@ def lesson_setup(need="var"):
     need="tokenizer": the tokenizer alone (your tokenizer.pt counts too; model is None).
     Returns a namespace: model (VAR, eval mode, CPU), tokenizer, source (which of the three),
     sampling (the sampling settings the checkpoint recommends, {} if none: the shipped one has them),
-    test_images (uint8 N×3×32×32), test_labels, fast (MINIVAR_FAST=1: skip slow parts)."""
+    test_images (uint8 N×3×32×32), test_labels, train_images, train_labels, fast (MINIVAR_FAST=1: skip
+    slow parts)."""
     import contextlib
     import io
     import shutil
@@ -78,6 +79,7 @@ def lesson_setup(need="var"):
             if tiny is not None:
                 shutil.rmtree(tiny, ignore_errors=True)
         images, labels = load_cifar10(data_dir(), "test")
+        train_images, train_labels = load_cifar10(data_dir(), "train")
     print(notes.getvalue().replace(str(data_dir()), _shown(data_dir())), end="")
     model = model if need == "var" else None
     source = ("a tiny model trained just now" if tiny else "the shipped model" if path == SHIPPED else "your run") + \
@@ -86,7 +88,8 @@ def lesson_setup(need="var"):
           f"tokenizer {tokenizer.num_params() / 1e6:.2f} M, scales {tokenizer.cfg.scales}, "
           f"codebook of {tokenizer.cfg.vocab_size}")
     return SimpleNamespace(model=model, tokenizer=tokenizer, source=source, sampling=ckpt.get("sampling", {}),
-                           test_images=images, test_labels=labels, fast=os.environ.get("MINIVAR_FAST") == "1")
+                           test_images=images, test_labels=labels, train_images=train_images,
+                           train_labels=train_labels, fast=os.environ.get("MINIVAR_FAST") == "1")
 
 
 def _shown(path) -> str:
