@@ -39,6 +39,18 @@ def write_fake_cifar(folder: Path, n_train=200, n_test=100, seed=0):
     return folder
 
 
+# The environment for scripts run by the tests: never a download (the URL points nowhere).
+OFFLINE = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz"}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A small synthetic CIFAR-10 shared by the tests of one module."""
+    folder = tmp_path_factory.mktemp("data")
+    write_fake_cifar(folder / "cifar-10-batches-py")
+    return folder
+
+
 @pytest.fixture
 def fake_data_dir(tmp_path):
     write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py")

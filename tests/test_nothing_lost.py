@@ -14,7 +14,6 @@ import time
 import zlib
 from dataclasses import asdict
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -29,16 +28,8 @@ from minivar.training.files import FileError, RunLock, atomic_write
 from minivar.training.presets import PRESETS, TrainConfig
 from minivar.training.tokens import check_tokens
 from minivar.var import VAR, VARConfig
-from tests.conftest import ROOT, write_fake_cifar
+from tests.conftest import OFFLINE, ROOT, write_fake_cifar
 
-OFFLINE = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz"}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    write_fake_cifar(folder / "cifar-10-batches-py")
-    return folder
 
 
 def one_line(data_dir, out, *args):

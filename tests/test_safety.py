@@ -21,16 +21,8 @@ import train
 from minivar import data
 from minivar.training import files
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tests.conftest import ROOT, write_fake_cifar
+from tests.conftest import OFFLINE, ROOT, write_fake_cifar
 
-OFFLINE = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz"}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    write_fake_cifar(folder / "cifar-10-batches-py")
-    return folder
 
 
 def run(data_dir, out, *args):

@@ -1,16 +1,13 @@
 """train.py and sample.py end to end, on a tiny synthetic CIFAR-10 (--preset tiny)."""
-import os
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import run_script
+from tests.conftest import OFFLINE, run_script
 
 pytestmark = pytest.mark.slow  # every test here runs train.py, sample.py or evaluate in a process of its own
 
-OFFLINE = {**os.environ, "MINIVAR_CIFAR_URL": "file:///nonexistent/cifar-10-python.tar.gz"}
 
 
 def train(*args):

@@ -18,6 +18,7 @@ import torch
 from minivar.ar import AR
 from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.training.files import atomic_write
+from minivar.training.presets import MODEL_CONFIGS, TrainConfig
 from minivar.var import VAR, VARConfig
 
 
@@ -78,12 +79,10 @@ RESUMABLE = ("train_config", "optimizer", "step", "train_seconds", "rng")  # wha
 
 
 def config_classes(kind):
-    from minivar.training.presets import TrainConfig  # (presets imports this module's neighbours: import late)
-    from minivar.training.sharpness import PerceptualConfig
-    model = {"perceptual": PerceptualConfig, "tokenizer": TokenizerConfig, "var": VARConfig, "ar": VARConfig}
+    """The settings class of each config a checkpoint of `kind` carries."""
     classes = {"train_config": TrainConfig}
-    if kind in model:
-        classes["model_config"] = model[kind]
+    if kind in MODEL_CONFIGS:
+        classes["model_config"] = MODEL_CONFIGS[kind]
     if kind in ("var", "ar"):
         classes["tokenizer_config"] = TokenizerConfig
     return classes
