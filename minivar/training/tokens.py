@@ -21,10 +21,10 @@ from minivar.training.checkpoint import CheckpointError, read_verified, save_che
 
 
 @torch.no_grad()
-def tokenize(tokenizer, images_uint8, device, flip=False, batch_size=500, desc="tokenizing"):
+def tokenize(tokenizer, images_uint8, device, flip=False, batch_size=500, desc="tokenizing", progress=True):
     """Encode uint8 images (optionally mirrored) into B×L int16 token rows, on the CPU."""
     rows = []
-    for i in tqdm(range(0, len(images_uint8), batch_size), desc=desc, leave=False):
+    for i in tqdm(range(0, len(images_uint8), batch_size), desc=desc, leave=False, disable=not progress):
         x = to_float(images_uint8[i:i + batch_size].to(device))
         rows.append(flatten_scales(tokenizer.encode(x.flip(3) if flip else x)).to(torch.int16).cpu())
     return torch.cat(rows)
