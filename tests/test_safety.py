@@ -327,7 +327,7 @@ def start(data_dir, out, stage, *extra):
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-INTERRUPTS = int(os.environ.get("MINIVAR_INTERRUPTS", "5"))  # per stage and signal: 20 interrupts in all
+INTERRUPTS = int(os.environ.get("MINIVAR_INTERRUPTS", "2"))  # per stage and signal: 8 interrupts in all
 
 
 @pytest.mark.slow
