@@ -9,7 +9,7 @@ passes, the sampler, the AR baseline, editing, training); for each, this copies 
 into a temporary folder, makes that one change, runs the fast tests there, and reports the
 first test that fails, or SURVIVED if none does. The project itself is never touched.
 
-It takes about ten minutes on two cores (the fast subset stops at its first failure), so it is
+It takes about a quarter of an hour on two cores (the fast subset stops at its first failure), so it is
 not part of the test suite; tests/README.md lists what it found. Exit status 1 if any bug survives.
 """
 import argparse
