@@ -13,8 +13,9 @@ A fixed decay d averages over about 1/(1 − d) steps: 0.999 means the last ~1,0
 more than a short run has (the cpu preset trains VAR for 1,700 steps, and its first steps
 are far from good). So the decay warms up with the step t, as (1 + t)/(10 + t), capped at d:
 early on the average forgets fast, and at any time it covers about the last tenth of the
-run (1 − (1 + t)/(10 + t) ≈ 9/t), until the cap takes over. How much each choice buys was
-measured, not assumed (results/README.md, "EMA and the cpu preset's recipe").
+run (1 − (1 + t)/(10 + t) ≈ 9/t), until the cap takes over. On the cpu preset's 1,700 steps
+the average and the raw weights reached the same test cross-entropy (4.847 and 4.843 nats);
+whether it lowers FID there, or pays off on longer runs, has not been measured yet.
 
 Left out: EMA of the tokenizer (its codebook is re-seeded during training, which an
 average would smear), and post-hoc averaging schemes.
