@@ -48,7 +48,7 @@ from minivar.training.cli import (
     probability,
     seed,
 )
-from minivar.training.device import autocast, pick_device
+from minivar.training.device import DTYPES, autocast, choose_dtype, pick_device
 from minivar.training.plots import save_sample_grid
 from minivar.training.workspace import generator_checkpoint
 
@@ -120,7 +120,7 @@ def edit_grid(model, tokenizer, args, sampling, device):
         class_ids = [label]
     image = image.to(device)
     labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
-    with autocast(device):
+    with autocast(device, args.dtype):
         edited = edit(model, tokenizer, image.expand(len(labels), -1, -1, -1), labels, box, args.edit, **sampling).images
     shown = image[0].masked_fill(edited_region(box, args.edit).to(device)[None], 0.0)  # the region, grey
     rows = [torch.cat([image, shown[None], edited[i * args.n_per_class:(i + 1) * args.n_per_class].float()])
@@ -157,6 +157,8 @@ def parse_args(argv=None):
     p.add_argument("--data-dir", default="./data", help="--edit with a test index: the folder holding "
                                                         "cifar-10-batches-py/ (default: ./data)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda or mps (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="fp32, or bf16 autocast (logits and guidance stay "
+                   "fp32); auto: bf16 on a CUDA GPU that has it, else fp32 (default: auto)")
     p.add_argument("--out", default="samples.png", help="the PNG to write (default: samples.png)")
     return p.parse_args(box_values_may_be_negative(sys.argv[1:] if argv is None else list(argv)))
 
@@ -212,6 +214,7 @@ def main(argv=None):
         if Path(args.out).suffix.lower() != ".png":
             raise ValueError(f"--out {args.out}: the grid is written as PNG; give a .png path")
         device = pick_device(args.device)
+        args.dtype = choose_dtype(args.dtype, device)[0]
         args.ckpt = args.ckpt or generator_checkpoint("out") or "out/var.pt"  # your run (./out), else the shipped one
         ckpt = load_checkpoint(args.ckpt)
         model, tokenizer = generator_from_checkpoint(ckpt, args.ckpt, device, args.weights)
@@ -226,7 +229,7 @@ def main(argv=None):
         else:
             class_ids, per_row = parse_classes(args.classes, model.cfg.num_classes), args.n_per_class
             labels = torch.tensor(class_ids, device=device).repeat_interleave(args.n_per_class)
-            with autocast(device):
+            with autocast(device, args.dtype):
                 images = generate_in_batches(model, tokenizer, labels, args.reject, sampling)
         save_sample_grid(images, [CLASSES[c] for c in class_ids], per_row, args.out, columns)
     except (CheckpointError, DataError, ValueError, OSError) as e:

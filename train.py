@@ -35,12 +35,13 @@ import torch
 from tqdm import tqdm
 
 from minivar.data import DataError, load_cifar10
-from minivar.flex_attention import fastest_attention
+from minivar.flex_attention import fastest_attention, use_flex
 from minivar.tokenizer import TokenizerConfig
 from minivar.training import distributed
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from minivar.training.cli import StopSignal, is_out_of_memory
-from minivar.training.device import autocast, peak_memory_gib, pick_device, rng_state, seed_everything, set_rng_state
+from minivar.training.device import autocast, choose_dtype, peak_memory_gib, pick_device, rng_state, time_one_step
+from minivar.training.device import seed_everything, set_rng_state
 from minivar.training.divergence import Diverged, DivergenceGuard
 from minivar.training.files import RunLock, blocking_file
 from minivar.training.inputs import ckpt_dependency, dependency, initial_weights, steps_left
@@ -87,14 +88,9 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
         tc = extra["tokenizer"]["tokenizer_config"]
         model_cfg = replace(model_cfg, scales=tuple(tc["scales"]), vocab_size=tc["vocab_size"],
                             latent_dim=tc["latent_dim"])
-    if getattr(model_cfg, "attention", None) == "auto":  # time both attention paths on this device, keep the faster
-        with autocast(device):
-            best, seconds, why = fastest_attention(STAGE_CLASSES[kind].model_class.prediction_blocks(model_cfg.scales),
-                                                   model_cfg.heads, model_cfg.dim // model_cfg.heads,
-                                                   cfg.batch_size // world_size, device)
-        if main:
-            print(f"--attention auto: {best} ({why or ', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in seconds.items())})")
-        model_cfg = replace(model_cfg, attention=best)
+    attention_auto = getattr(model_cfg, "attention", None) == "auto"
+    if attention_auto:  # decided below, once the precision is
+        model_cfg = replace(model_cfg, attention="sdpa")
     seed_everything(cfg.seed)
     with distributed.rank_zero_first():  # torchrun: one process downloads
         train_data = load_cifar10(cfg.data_dir, "train")
@@ -103,6 +99,22 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
     test_data = load_cifar10(cfg.data_dir, "test", download=False)
     stage = STAGE_CLASSES[kind](cfg, model_cfg, train_data, test_data, device, rank, world_size, **extra)
     model = stage.model
+    dtype, why = choose_dtype(cfg.dtype, device, time_step=lambda d: time_one_step(stage, d))
+    dtype = distributed.same_choice_on_every_rank(dtype, ("fp32", "bf16"))  # (timings differ between processes)
+    if main and cfg.dtype == "auto":
+        print(f"--dtype auto: {dtype} ({why})")
+    cfg = replace(cfg, dtype=dtype)  # saved: --resume continues in the same precision
+    stage.set_dtype(dtype)
+    if attention_auto:  # time both attention paths on this device, in this precision; keep the faster
+        with autocast(device, dtype):
+            best, seconds, why = fastest_attention(model.block_sizes, model_cfg.heads, model_cfg.dim // model_cfg.heads,
+                                                   cfg.batch_size // world_size, device)
+        best = distributed.same_choice_on_every_rank(best, ("sdpa", "flex"))
+        if main:
+            print(f"--attention auto: {best} ({why or ', '.join(f'{k} {t * 1e3:.1f} ms' for k, t in seconds.items())})")
+        model_cfg = replace(model_cfg, attention=best)
+        if best == "flex":
+            use_flex(model)
     if distributed.active():  # torchrun: gradients are averaged over processes during backward
         stage.net = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -147,13 +159,14 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
                 interrupted = True
                 break
             t0 = time.perf_counter()
+            log_now = (step + 1) % cfg.log_every == 0 or step + 1 == last_step
             metrics = stage.train_step(step, optimizer, lr_at(step, cfg.lr, cfg.warmup_steps, cfg.max_steps),
-                                       cfg.grad_clip)
+                                       cfg.grad_clip, log=log_now)
             guard.watch(step, metrics["loss"])
             step += 1
             seconds += time.perf_counter() - t0
             bar.update(1)
-            if step % cfg.log_every == 0 or step == last_step:
+            if log_now:
                 guard.check(step)  # reading the flag waits for the device: only here and before a save
                 values = {k: v.tolist() for k, v in metrics.items()}
                 items = (step - window[1]) * stage.items_per_step

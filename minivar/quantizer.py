@@ -62,14 +62,14 @@ class MultiScaleQuantizer(nn.Module):
         self.codebook = nn.Embedding(vocab_size, dim)  # ONE codebook shared by all scales
         nn.init.normal_(self.codebook.weight, std=0.1)
         self.phis = nn.ModuleList(Phi(dim, rho) for _ in range(min(n_phi, len(scales))))
+        # Scale k uses the shared phi whose position in [0, 1] is nearest k/(K-1) (ties: the coarser).
+        n, K = len(self.phis), len(self.scales)
+        self.phi_of_scale = [min(range(n), key=lambda j: abs(j / max(n - 1, 1) - k / max(K - 1, 1))) for k in range(K)]
         # How often each code was picked at each scale since the last re-seed (codebook health).
         self.register_buffer("hits_KV", torch.zeros(len(scales), vocab_size))
 
     def phi(self, k):
-        """Scale k uses the shared phi whose position in [0, 1] is nearest k/(K-1)."""
-        position, n = k / max(len(self.scales) - 1, 1), len(self.phis)
-        nearest = min(range(n), key=lambda j: abs(j / max(n - 1, 1) - position))  # ties: the coarser
-        return self.phis[nearest]
+        return self.phis[self.phi_of_scale[k]]
 
     def nearest_code(self, u_BCss, exclude=None):
         """Index of the nearest codebook entry for every position (never one in `exclude`).
@@ -99,7 +99,13 @@ class MultiScaleQuantizer(nn.Module):
         Returns f_hat for the decoder (straight-through), the K index maps, and the VQ loss:
         averaged over scales, β·‖sg(F_k) − f‖² + ‖F_k − sg(f)‖² on the *cumulative*
         reconstruction F_k, so every prefix of scales is pushed to describe f well.
+        In fp32 whatever the autocast (as the official code): the codes a tokenizer trains on
+        under bf16 are then the codes its token cache, and VAR, later see.
         """
+        with torch.autocast(f_BChw.device.type, enabled=False):
+            return self.quantize(f_BChw.float())
+
+    def quantize(self, f_BChw):
         rest, f_hat = f_BChw.detach(), torch.zeros_like(f_BChw)
         idx_list, vq_loss = [], 0.0
         for k, side in enumerate(self.scales):
@@ -122,11 +128,12 @@ class MultiScaleQuantizer(nn.Module):
         """Add scale k's tokens to the cumulative reconstruction. Returns (F_k, next_input),
         where next_input = area_resize(F_k, s_{k+1}) is the transformer's input block for
         scale k+1 (None after the last scale). Training (teacher forcing) and sampling both
-        build inputs with this one function, which is what makes them agree."""
-        f_hat_BChw = f_hat_BChw + self.embed(idx_Bss, k)
-        if k + 1 == len(self.scales):
-            return f_hat_BChw, None
-        return f_hat_BChw, area_resize(f_hat_BChw, self.scales[k + 1])
+        build inputs with this one function, which is what makes them agree; in fp32, as forward."""
+        with torch.autocast(f_hat_BChw.device.type, enabled=False):
+            f_hat_BChw = f_hat_BChw.float() + self.embed(idx_Bss, k)
+            if k + 1 == len(self.scales):
+                return f_hat_BChw, None
+            return f_hat_BChw, area_resize(f_hat_BChw, self.scales[k + 1])
 
     def cumulative_latents(self, idx_list):
         """[F_1, ..., F_K]: the latent after each scale, from index maps."""

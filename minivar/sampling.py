@@ -1,25 +1,30 @@
 """Pieces of sampling shared by VAR and the AR baseline: the KV cache, classifier-free
 guidance, and top-k / top-p / temperature sampling.
 
-Left out: the loop itself, which is each model's `generate` (var.py).
+Left out: the loop itself, which is each model's `generate` (var.py, ar.py).
 """
 import torch
 import torch.nn.functional as F
+
+NOT_FINITE = ("the sampling probabilities are not finite numbers: the logits overflowed (a very large --cfg-scale?); "
+              "use a smaller guidance weight")
 
 
 class KVCache:
     """Keys and values of the tokens seen so far, for one attention layer.
 
-    Preallocated to the full sequence length, so adding a step is a copy into a slice
-    (no torch.cat, whose cost grows with the sequence)."""
+    Allocated at the first step for the whole sequence, in the keys' own dtype (bf16 under
+    autocast: half the memory, and no cast of the whole prefix at every step), so adding a
+    step is a copy into a slice (no torch.cat, whose cost grows with the sequence)."""
 
-    def __init__(self, batch, heads, max_len, head_dim, device, dtype):
-        self.k = torch.empty(batch, heads, max_len, head_dim, device=device, dtype=dtype)
-        self.v = torch.empty_like(self.k)
-        self.len = 0
+    def __init__(self, max_len):
+        self.max_len, self.len, self.k, self.v = max_len, 0, None, None
 
     def append(self, k_BHlD, v_BHlD):
         """Store the new tokens' keys/values; return keys/values of every token so far."""
+        if self.k is None:
+            B, H, _, D = k_BHlD.shape
+            self.k, self.v = k_BHlD.new_empty(B, H, self.max_len, D), v_BHlD.new_empty(B, H, self.max_len, D)
         n = k_BHlD.shape[2]
         self.k[:, :, self.len:self.len + n] = k_BHlD
         self.v[:, :, self.len:self.len + n] = v_BHlD
@@ -29,8 +34,9 @@ class KVCache:
 
 def guided_logits(logits_2BlV, weight):
     """Classifier-free guidance (Ho & Salimans, 2022) on a batch stacked as [cond; uncond]:
-    (1 + w)·cond − w·uncond. w = 0 gives the conditional logits unchanged."""
-    cond, uncond = logits_2BlV.chunk(2)
+    (1 + w)·cond − w·uncond. w = 0 gives the conditional logits unchanged. In fp32, as the
+    head's logits are: in bf16 the mix would magnify their rounding by 1 + 2w."""
+    cond, uncond = logits_2BlV.float().chunk(2)
     return (1 + weight) * cond - weight * uncond
 
 
@@ -55,9 +61,8 @@ def sampling_probs(logits_BlV, temperature=1.0, top_k=0, top_p=1.0):
 
 
 def sample_tokens(logits_BlV, temperature=1.0, top_k=0, top_p=1.0, generator=None):
-    """Draw one token per position from sampling_probs. top_k=0 and top_p=1 switch those filters off."""
-    probs = sampling_probs(logits_BlV, temperature, top_k, top_p)
-    if not torch.isfinite(probs).all():  # e.g. a guidance weight so large that the mixed logits overflow float32
-        raise ValueError("the sampling probabilities are not finite numbers: the logits overflowed (a very large "
-                         "--cfg-scale?); use a smaller guidance weight")
+    """Draw one token per position from sampling_probs. top_k=0 and top_p=1 switch those filters off.
+    Overflowed logits (generate checks them once, after its loop, not at every step: that would
+    wait for a GPU at every step) give NaN probabilities, drawn as uniform rather than crash the draw."""
+    probs = sampling_probs(logits_BlV, temperature, top_k, top_p).nan_to_num(1.0)
     return torch.multinomial(probs.flatten(0, -2), 1, generator=generator).view(probs.shape[:-1])

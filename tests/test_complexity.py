@@ -35,11 +35,15 @@ def pairs_in_generate(sampler, n, monkeypatch):
     seen = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
-    def counting_sdpa(q, k, v, attn_mask=None, **kw):
-        seen.append(int(attn_mask.sum()) if attn_mask is not None else q.shape[-2] * k.shape[-2])
-        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+    def counting_sdpa(q, k, v, attn_mask=None, is_causal=False):
+        L, S = q.shape[-2], k.shape[-2]
+        seen.append(int(attn_mask.sum()) if attn_mask is not None else L * (L + 1) // 2 if is_causal else L * S)
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
 
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    for block in model.blocks:  # (a full pass calls the function each layer holds: VAR's is SDPA itself)
+        if block.attn.attend is sdpa:
+            block.attn.attend = counting_sdpa
     with torch.no_grad():
         sample = model.generate if sampler.endswith("_cache") else partial(generate_without_cache, model)
         sample(quantizer, torch.tensor([1]))

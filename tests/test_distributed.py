@@ -86,6 +86,42 @@ def test_ddp_gradient_of_two_half_batches_is_the_whole_batch_gradient(tmp_path):
     assert worst < 1e-4, f"largest relative gradient difference {worst:.2e}"
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def reseed_worker(rank, port, out):
+    """One of two gloo processes re-seeding the same tokenizer's dead codes; rank 1 first draws one
+    extra random number, as code that ran on one rank only would (a warning's sampling, say)."""
+    from minivar.training.codebook import reseed_in_training
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    model, images = tiny_tokenizer_and_batch()
+    quantizer = model.quantizer
+    quantizer.hits_KV[:, :32] = 1.0  # codes 32..63 unused: dead
+    latent = model.encoder(images[8 * rank:8 * (rank + 1)]).detach()
+    if rank == 1:
+        torch.rand(1)
+    optimizer = torch.optim.AdamW(model.parameters())
+    metrics = reseed_in_training(quantizer, latent, optimizer)
+    torch.save({"codebook": quantizer.codebook.weight.detach().clone(), "reseeded": metrics["reseeded"]},
+               f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_reseeding_under_torchrun_gives_every_rank_rank_zero_s_codebook(tmp_path):
+    mp.spawn(reseed_worker, args=(free_port(), str(tmp_path / "codes")), nprocs=2)
+    zero, one = (torch.load(tmp_path / f"codes.{r}", weights_only=True) for r in (0, 1))
+    assert zero["reseeded"] == one["reseeded"] == 32
+    torch.manual_seed(0)
+    before = tiny_tokenizer_and_batch()[0].quantizer.codebook.weight
+    assert not torch.equal(zero["codebook"][32:], before[32:])  # the dead codes moved
+    assert torch.equal(zero["codebook"], one["codebook"])  # to the same places on both ranks
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Tokenizer then VAR, once in one process and once under torchrun with 2 processes.

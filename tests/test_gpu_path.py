@@ -63,3 +63,21 @@ def test_torch_compile_trains_one_tiny_stage_like_eager(setup):
     eager, compiled = runs["eager"], runs["compiled"]
     assert eager.keys() == compiled.keys()
     assert all(torch.allclose(eager[k], compiled[k], atol=1e-4, rtol=1e-3) for k in eager)
+
+
+@pytest.mark.slow
+def test_bf16_autocast_trains_the_tiny_stages_on_the_cpu_and_auto_saves_its_choice(setup, capsys):
+    """The GPU's precision path end to end on the CPU: both stages train under --dtype bf16, and
+    --dtype auto decides once, says what it took, and saves it for --resume."""
+    data = ["--data-dir", str(setup / "data")]
+    out = setup / "bf16"
+    train.main(["--preset", "tiny", "--stage", "tokenizer", "--max-steps", "4", "--eval-every", "4", "--dtype", "bf16",
+                *data, "--out-dir", str(out)])
+    train.main(["--preset", "tiny", "--stage", "var", "--max-steps", "4", "--eval-every", "4", "--dtype", "auto",
+                *data, "--out-dir", str(out)])
+    said = capsys.readouterr().out
+    tokenizer, var = (torch.load(out / f"{kind}.pt", weights_only=True) for kind in ("tokenizer", "var"))
+    assert tokenizer["train_config"]["dtype"] == "bf16"
+    chosen = var["train_config"]["dtype"]
+    assert chosen in ("fp32", "bf16") and f"--dtype auto: {chosen} (" in said
+    assert all(torch.isfinite(v).all() for v in (*tokenizer["model"].values(), *var["model"].values()))

@@ -73,7 +73,7 @@ def test_guidance_mixes_as_one_plus_w_times_cond_minus_w_times_uncond():
 
 
 def test_kv_cache_returns_everything_stored_so_far_in_order():
-    cache = KVCache(batch=1, heads=1, max_len=6, head_dim=2, device="cpu", dtype=torch.float32)
+    cache = KVCache(max_len=6)
     blocks = [torch.full((1, 1, n, 2), float(i)) for i, n in enumerate([1, 2, 3])]
     for i, block in enumerate(blocks):
         k, v = cache.append(block, -block)

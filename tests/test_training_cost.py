@@ -39,6 +39,8 @@ def tiny(kind, n, attention="sdpa", seed=0):
         for name, p in model.named_parameters():
             if "ada" in name:
                 p.normal_(0, 0.05)
+    if attention == "flex":
+        flex_attention.use_flex(model)
     L = model.seq_len
     x = torch.randint(32, (2, L - 1)) if kind == "ar" else torch.randn(2, L - 1, 8)
     return model, x, torch.tensor([3, 10]), torch.randint(32, (2, L))
@@ -88,17 +90,16 @@ def test_flex_computed_pairs_are_the_block_mask_s_tiles(variant, n):
 def test_flex_and_dense_give_the_same_logits(kind):
     flex_or_skip(CPU, need_grad=False)
     model, x, labels, _ = tiny(kind, 12)
+    flex_model = tiny(kind, 12, attention="flex")[0]  # the same weights (same seed)
+    assert isinstance(flex_model.blocks[0].attn.attend, flex_attention.FlexAttend)
     with torch.no_grad():
-        dense = model(x, labels)[0]
-        model.cfg.attention = "flex"
-        flex = model(x, labels)[0]
-        assert isinstance(flex_attention.attention_mask("flex", model.block_sizes, model.mask_LL), flex_attention.BlockMask)
+        dense, flex = model(x, labels)[0], flex_model(x, labels)[0]
         assert flex_attention.flex_unavailable(CPU, need_grad=False) is None  # it ran: no fallback on the way
-        model.mask_LL.fill_(True)  # the test can fail: without the mask the logits change
-        model.cfg.attention = "sdpa"
-        unmasked = model(x, labels)[0] if kind == "var" else None
+        for block in model.blocks:  # the test can fail: without the mask the logits change
+            block.attn.attend = lambda q, k, v, attn_mask=None: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        unmasked = model(x, labels)[0]
     torch.testing.assert_close(flex, dense, atol=1e-5, rtol=0)
-    assert unmasked is None or (unmasked - dense).abs().max() > 1e-3
+    assert (unmasked - dense).abs().max() > 1e-3
 
 
 @pytest.mark.parametrize("kind", ["var", "ar"])
@@ -106,12 +107,10 @@ def test_flex_and_dense_give_the_same_gradients(kind):
     """Needs a device where FlexAttention has a backward (CUDA; not CPU in torch 2.13)."""
     device = torch.device("cuda") if torch.cuda.is_available() else CPU
     flex_or_skip(device, need_grad=True)
-    model, x, labels, targets = tiny(kind, 12)
-    model, x, labels, targets = model.to(device), x.to(device), labels.to(device), targets.to(device)
     grads = {}
     for attention in ("sdpa", "flex"):
-        model.cfg.attention = attention
-        model.zero_grad()
+        model, x, labels, targets = tiny(kind, 12, attention=attention)
+        model, x, labels, targets = model.to(device), x.to(device), labels.to(device), targets.to(device)
         logits, loss = model(x, labels, targets)
         loss.backward()
         grads[attention] = (logits.detach(), [p.grad.clone() for p in model.parameters()])
@@ -120,18 +119,20 @@ def test_flex_and_dense_give_the_same_gradients(kind):
         torch.testing.assert_close(flex, dense, atol=1e-5, rtol=1e-4)
 
 
-def test_flex_training_on_cpu_falls_back_to_dense_with_one_warning(monkeypatch):
+@pytest.mark.parametrize("kind", ["var", "ar"])
+def test_flex_training_on_cpu_falls_back_to_dense_with_one_warning(monkeypatch, kind):
+    """The dense fallback uses the model's own mask: VAR's block-causal one, AR's lower-triangular one."""
     monkeypatch.setattr(flex_attention, "_warned", set())
-    model, x, labels, targets = tiny("var", 4)
+    model, x, labels, targets = tiny(kind, 4)
     model(x, labels, targets)[1].backward()
     dense = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model.cfg.attention = "flex"
+    model = tiny(kind, 4, attention="flex")[0]
     with pytest.warns(UserWarning, match="no backward on cpu") as record:
         model(x, labels, targets)[1].backward()
         model(x, labels, targets)
     assert len(record) == 1
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), dense))
+    for p, g in zip(model.parameters(), dense):
+        torch.testing.assert_close(p.grad, g, atol=1e-6, rtol=1e-5)
 
 
 def test_when_torch_compile_raises_flex_falls_back_to_dense_with_one_warning(monkeypatch):
@@ -145,9 +146,8 @@ def test_when_torch_compile_raises_flex_falls_back_to_dense_with_one_warning(mon
     with torch.no_grad(), pytest.warns(UserWarning, match="torch.compile is unavailable") as record:
         flex = [model(x, labels)[0] for _ in range(2)]
     assert len(record) == 1
-    model.cfg.attention = "sdpa"
     with torch.no_grad():
-        assert torch.equal(flex[0], model(x, labels)[0]) and torch.equal(flex[1], flex[0])
+        assert torch.equal(flex[0], tiny("var", 4)[0](x, labels)[0]) and torch.equal(flex[1], flex[0])
 
 
 def test_when_compiling_fails_at_the_first_call_the_dense_mask_takes_over(monkeypatch):
@@ -164,8 +164,7 @@ def test_when_compiling_fails_at_the_first_call_the_dense_mask_takes_over(monkey
     with torch.no_grad(), warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
         flex = [model(x, labels)[0] for _ in range(2)]
-        model.cfg.attention = "sdpa"
-        dense = model(x, labels)[0]
+        dense = tiny("ar", 4)[0](x, labels)[0]
     assert [str(w.message) for w in record] == ["attention='flex': compiling FlexAttention failed "
                                                 "(TorchDynamoException); the dense mask is used instead"]
     torch.testing.assert_close(flex[0], dense, atol=1e-6, rtol=0)
@@ -175,6 +174,23 @@ def test_when_compiling_fails_at_the_first_call_the_dense_mask_takes_over(monkey
 def test_auto_keeps_the_dense_path_where_flex_cannot_train():
     best, seconds, why = flex_attention.fastest_attention([1, 4, 9], heads=2, head_dim=16, batch=2, device=CPU)
     assert (best, seconds) == ("sdpa", {}) and "no backward on cpu" in why
+
+
+@pytest.mark.parametrize("block_sizes", [[1] * 14, [1, 4, 9]])
+def test_auto_times_both_paths_for_ar_and_var_where_flex_looks_available(monkeypatch, block_sizes):
+    """Where FlexAttention has a backward (any CUDA GPU), --attention auto times it against the dense
+    path; for AR's blocks of one token that path is SDPA's causal kernel (it once got a string as a mask)."""
+    calls = []
+
+    def fake_flex(q, k, v, block_mask):  # FlexAttention stands in: SDPA under the block mask's dense pattern
+        calls.append(block_mask)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=block_causal_mask(block_sizes))
+    monkeypatch.setattr(flex_attention, "flex_unavailable", lambda device, need_grad: None)
+    monkeypatch.setattr(flex_attention, "flex_block_mask", lambda sizes, device: tuple(sizes))
+    monkeypatch.setitem(flex_attention._flex, "fn", fake_flex), monkeypatch.setitem(flex_attention._flex, "error", None)
+    best, seconds, why = flex_attention.fastest_attention(block_sizes, heads=2, head_dim=8, batch=2, device=CPU)
+    assert why is None and best in ("sdpa", "flex") and set(seconds) == {"sdpa", "flex"}
+    assert calls and all(c == tuple(block_sizes) for c in calls)
 
 
 def test_unknown_attention_is_refused():

@@ -127,8 +127,8 @@ def test_next_input_after_the_last_scale_is_none():
     idx_list = random_tokens(2)
     f_hat = torch.zeros(2, var.cfg.latent_dim, SCALES[-1], SCALES[-1])
     for k, idx in enumerate(idx_list):
-        f_hat, x_Bl = var.next_input(tok.quantizer, f_hat, idx.flatten(1), k)
-        assert (x_Bl is None) == (k == len(SCALES) - 1)
+        f_hat, next_BCss = tok.quantizer.add_scale(f_hat, idx, k)
+        assert (next_BCss is None) == (k == len(SCALES) - 1)
     assert torch.allclose(f_hat, tok.quantizer.cumulative_latents(idx_list)[-1])
 
 

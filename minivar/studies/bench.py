@@ -3,6 +3,11 @@
     python -m minivar.studies.bench tokenizer --ckpt out/tokenizer.pt
     python -m minivar.studies.bench var --ckpt out/var.pt
     python -m minivar.studies.bench var --random          # speed only, random weights, no data needed
+    python -m minivar.studies.bench step --stage var --preset cpu --dtype fp32,bf16   # train.py's step, each way
+
+step: seconds of one optimizer step of a train.py stage at a preset's sizes, in each --dtype,
+the dtypes taking turns (random weights and images: speed only, no data needed). What
+--dtype auto decides by, measured with care.
 
 tokenizer: test PSNR (final and after each scale), codebook usage per scale, parameters,
 encode+decode images/s.
@@ -13,6 +18,7 @@ forward+backward; sampling images/s at batch 64 and latency at batch 1, with and
 the KV cache.
 """
 import argparse
+import itertools
 import sys
 import time
 from dataclasses import asdict
@@ -27,7 +33,7 @@ from minivar.studies.complexity import generate_without_cache
 from minivar.tokenizer import psnr
 from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, load_generator, save_json
 from minivar.training.cli import OneLineParser, positive_int
-from minivar.training.device import describe_machine, pick_device
+from minivar.training.device import autocast, describe_machine, pick_device
 from minivar.training.evaluation import test_cross_entropy
 from minivar.training.tokens import tokenize
 from minivar.var import VAR, VARConfig
@@ -46,6 +52,21 @@ def timed(fn, repeats, warmup=1, device=None):
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2]
+
+
+def peak_bytes(fn, device):
+    """Most tensor memory live at once during fn(), above what was live before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    return max(itertools.accumulate((b for _, b in events), initial=0))
 
 
 def matmul_peak_flops(device, n=2048, repeats=5, dtype=torch.float32):
@@ -115,7 +136,7 @@ def bench_var(args, device):
     targets, labels = flatten_scales(idx_list), torch.randint(10, (B,), device=device)
     x = model.teacher_forcing_inputs(tok.quantizer, targets)
 
-    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bf16")  # as train.py on CUDA
+    precision = autocast(device, args.dtype)  # as train.py's --dtype
 
     def transformer_only():
         with precision:
@@ -159,10 +180,51 @@ def bench_var(args, device):
     return result
 
 
+def bench_step(args, device):
+    """Median seconds of train.py's step of one stage (preset sizes, random weights and images) in each
+    dtype; the dtypes take turns, so that a machine's drift weighs on each alike."""
+    import tempfile
+
+    from minivar.tokenizer import Tokenizer, TokenizerConfig
+    from minivar.training.presets import run_settings
+    from minivar.training.sharpness import FeatureClassifier, PerceptualConfig
+    from minivar.training.stages import ARStage, PerceptualStage, TokenizerStage, VARStage
+    cfg, model_cfg = run_settings(args.stage, {"preset": args.preset})
+    g = torch.Generator().manual_seed(0)
+    data = [(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.arange(n) % 10)
+            for n in (2000, 250)]  # speed only: random images
+    extra = {}
+    if args.stage == "tokenizer" and model_cfg.perceptual_weight > 0:  # its loss runs a classifier: a random one
+        net_cfg = PerceptualConfig()
+        extra["perceptual"] = {"model_config": asdict(net_cfg), "model": FeatureClassifier(net_cfg.widths).state_dict()}
+    if args.stage in ("var", "ar"):
+        tok_cfg = TokenizerConfig(**run_settings("tokenizer", {"preset": args.preset})[1].__dict__)
+        extra["tokenizer"] = {"tokenizer_config": asdict(tok_cfg), "tokenizer": Tokenizer(tok_cfg).state_dict()}
+        model_cfg = type(model_cfg)(**{**asdict(model_cfg), "scales": tok_cfg.scales, "vocab_size": tok_cfg.vocab_size,
+                                       "latent_dim": tok_cfg.latent_dim})
+    stages = {"perceptual": PerceptualStage, "tokenizer": TokenizerStage, "var": VARStage, "ar": ARStage}
+    with tempfile.TemporaryDirectory() as folder:
+        cfg = type(cfg)(**{**asdict(cfg), "out_dir": folder, "eval_images": 250})
+        stage = stages[args.stage](cfg, model_cfg, *data, device, **extra)
+    optimizer = torch.optim.AdamW(stage.model.parameters(), lr=1e-4)
+    times = {dtype: [] for dtype in args.dtype}
+    for i in range(args.repeats + 1):  # the first round warms up, and is not counted
+        for dtype in args.dtype:
+            stage.set_dtype(dtype)
+            t = timed(lambda: stage.train_step(i, optimizer, 1e-4, 1.0, log=False), 1, warmup=0, device=device)
+            times[dtype].append(t)
+    seconds = {dtype: sorted(ts[1:])[len(ts[1:]) // 2] for dtype, ts in times.items()}
+    result = {"stage": args.stage, "preset": args.preset, "batch": cfg.batch_size, "seconds_per_step": seconds,
+              "all_seconds": times}
+    if len(seconds) == 2:
+        result["bf16_over_fp32"] = seconds["bf16"] / seconds["fp32"]
+    return result
+
+
 def main(argv=None):
     p = OneLineParser(prog="python -m minivar.studies.bench", description=__doc__.split("\n\n")[0], epilog=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("what", choices=["tokenizer", "var"], help="what to measure")
+    p.add_argument("what", choices=["tokenizer", "var", "step"], help="what to measure")
     p.add_argument("--ckpt", help="the checkpoint to measure (var: a var or ar checkpoint)")
     p.add_argument("--data-dir", default="./data", help="folder holding cifar-10-batches-py/ (default: ./data)")
     p.add_argument("--n", type=positive_int, default=10_000,
@@ -181,20 +243,25 @@ def main(argv=None):
     p.add_argument("--batch", type=positive_int, default=64, help="var: training batch (default: 64)")
     p.add_argument("--repeats", type=positive_int, default=5, help="timed repeats; the median is kept (default: 5)")
     p.add_argument("--skip-sampling", action="store_true", help="var: training figures only")
-    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="var: the training step under bf16 "
-                   "autocast (as train.py on a CUDA GPU), against a bf16 matmul peak (default: fp32)")
+    p.add_argument("--dtype", default="fp32", help="var: fp32, or the training step under bf16 autocast against a "
+                   "bf16 matmul peak; step: one or both, comma-separated (default: fp32)")
+    p.add_argument("--stage", choices=("perceptual", "tokenizer", "var", "ar"), default="var", help="step: the stage")
+    p.add_argument("--preset", choices=("gpu", "gpu-long", "cpu", "tiny"), default="cpu", help="step: its sizes")
     args = p.parse_args(argv)
+    args.dtype = args.dtype.split(",") if args.what == "step" else args.dtype
+    if any(d not in ("fp32", "bf16") for d in ([args.dtype] if isinstance(args.dtype, str) else args.dtype)):
+        p.error(f"--dtype {','.join(args.dtype) if isinstance(args.dtype, list) else args.dtype}: fp32 or bf16")
     try:
         args.scales = tuple(int(s) for s in args.scales.split(","))
         assert all(a < b for a, b in zip(args.scales, args.scales[1:])) and args.scales[0] >= 1
     except (ValueError, AssertionError):
         p.error(f"--scales {args.scales}: give increasing positive sides, e.g. 1,2,3,4,5,6,8")
-    if not args.random and not args.ckpt:
+    if args.what != "step" and not args.random and not args.ckpt:
         p.error(f"{args.what}: give --ckpt PATH" + (" (or --random for speed alone)" if args.what == "var" else ""))
     try:
         device = pick_device(args.device)
         torch.manual_seed(0)
-        result = (bench_tokenizer if args.what == "tokenizer" else bench_var)(args, device)
+        result = {"tokenizer": bench_tokenizer, "var": bench_var, "step": bench_step}[args.what](args, device)
     except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
@@ -202,8 +269,10 @@ def main(argv=None):
     result["machine"] = describe_machine(device)
     result["command"] = "python -m minivar.studies.bench " + " ".join(argv if argv is not None else sys.argv[1:])
     for key, value in result.items():
-        if key not in ("config", "machine", "command"):
-            print(f"{key:34s} " + (" ".join(f"{v:.3f}" for v in value) if isinstance(value, list)
+        if key not in ("config", "machine", "command", "all_seconds"):
+            print(f"{key:34s} " + (" ".join(f"{v:.3f}" for v in value) if isinstance(value, list) else
+                                   ", ".join(f"{k} {v:.3f}" for k, v in value.items() if not isinstance(v, list))
+                                   if isinstance(value, dict)
                                    else f"{value:.4g}" if isinstance(value, float) else str(value)))
     out = Path(args.out or f"bench_{args.what}.json")
     save_json(result, out)

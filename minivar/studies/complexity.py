@@ -37,7 +37,7 @@ from minivar.sampling import guided_logits, sample_tokens
 from minivar.studies.cost_report import print_generation_table, save_generation_plot
 from minivar.training.checkpoint import save_json
 from minivar.training.cli import OneLineParser, positive, positive_int
-from minivar.training.device import describe_machine, pick_device
+from minivar.training.device import DTYPES, autocast, choose_dtype, describe_machine, pick_device
 from minivar.var import VAR, VARConfig
 
 SAMPLERS = ("ar_nocache", "ar_cache", "var_nocache", "var_cache")
@@ -86,26 +86,21 @@ def fit_slope(ns, values):
 
 @torch.no_grad()
 def generate_without_cache(model, quantizer, labels_B, cfg_scale=1.5, generator=None):
-    """`model.generate` without a KV cache: every step reruns the whole prefix under the mask
-    and keeps the newest block's logits. The same generator gives the same samples; what
-    differs is the work, which is what the "no cache" samplers measure."""
-    B = len(labels_B)
-    cond_2BD = model.class_emb(torch.cat([labels_B, torch.full_like(labels_B, model.cfg.num_classes)]))
-    block_mods, head_mod = [block.modulation(cond_2BD) for block in model.blocks], model.head.modulation(cond_2BD)
-    side = model.cfg.scales[-1]
-    f_hat = cond_2BD.new_zeros(B, model.cfg.latent_dim, side, side)
-    inputs, sampled, start = [], [], 0
+    """`model.generate` without a KV cache: every step reruns the whole prefix through the
+    model's full pass (under its mask) and keeps the newest block's logits. The same generator
+    gives the same samples; what differs is the work, which is what the "no cache" samplers
+    measure. (A block's inputs come from earlier blocks' tokens only, so the tokens not drawn
+    yet, zeros here, never reach the logits kept.)"""
+    labels_2B = torch.cat([labels_B, torch.full_like(labels_B, model.cfg.num_classes)])  # [class; null]
+    tokens_BL = labels_B.new_zeros(len(labels_B), model.seq_len)
+    start = 0
     for k, size in enumerate(model.block_sizes):
-        h = model.embed(torch.cat(inputs, dim=1) if inputs else None, cond_2BD, 0)  # the whole prefix, again
-        for block, mod in zip(model.blocks, block_mods):
-            h = block(h, mod, model.mask_LL[:start + size, :start + size])
-        logits_BlV = guided_logits(model.head(h[:, start:], head_mod), model.guidance_weight(k, cfg_scale))
-        sampled.append(sample_tokens(logits_BlV, generator=generator))
-        if k + 1 < len(model.block_sizes):
-            f_hat, x_Bl = model.next_input(quantizer, f_hat, sampled[-1], k)
-            inputs.append(torch.cat([x_Bl, x_Bl]))
+        x = model.teacher_forcing_inputs(quantizer, tokens_BL)[:, :start + size - 1]  # positions 1..end−1
+        logits_2BlV = model(torch.cat([x, x]), labels_2B)[0][:, start:]  # the whole prefix, again
+        logits_BlV = guided_logits(logits_2BlV, model.guidance_weight(k, cfg_scale))
+        tokens_BL[:, start:start + size] = sample_tokens(logits_BlV, generator=generator)
         start += size
-    return split_scales(torch.cat(sampled, dim=1), model.cfg.scales)
+    return split_scales(tokens_BL, model.cfg.scales)
 
 
 def random_model(sampler, n, dim, depth, heads, ratio, device):
@@ -218,6 +213,8 @@ def main(argv=None):
     p.add_argument("--budget-s", type=positive, default=200.0,
                    help="stop timing after this many seconds in all (default: 200)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="fp32, or bf16 autocast; auto: bf16 on a CUDA GPU "
+                                                                   "that has it, else fp32 (default: fp32)")
     p.add_argument("--out-dir", default="results", help="where complexity_<device>.json and .png go (default: results)")
     args = p.parse_args(argv)
     try:
@@ -225,14 +222,16 @@ def main(argv=None):
         if args.dim % args.heads or args.ratio <= 1:
             raise ValueError("need --dim divisible by --heads and --ratio > 1")
         device = pick_device(args.device)
+        dtype = choose_dtype(args.dtype, device)[0]
     except ValueError as e:
         sys.exit(f"error: {e}")
     torch.manual_seed(0)
     torch.set_float32_matmul_precision("high")
     t0 = time.perf_counter()
-    rows = measure(grids, batch_sizes, args.dim, args.depth, args.heads, args.ratio, device, args.max_run_s,
-                   args.budget_s)
-    result = {"grids": grids, "batch_sizes": batch_sizes, "dim": args.dim, "depth": args.depth, "heads": args.heads,
+    with autocast(device, dtype):
+        rows = measure(grids, batch_sizes, args.dim, args.depth, args.heads, args.ratio, device, args.max_run_s,
+                       args.budget_s)
+    result = {"dtype": dtype, "grids": grids, "batch_sizes": batch_sizes, "dim": args.dim, "depth": args.depth, "heads": args.heads,
               "ratio": args.ratio, "var_scales": {str(n): var_scales(n, args.ratio) for n in grids}, "measured": rows,
               **summarize(rows, grids, batch_sizes, args.dim, args.depth, args.ratio)}
     result["machine"] = describe_machine(device)

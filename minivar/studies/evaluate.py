@@ -44,7 +44,7 @@ from minivar.training.checkpoint import (
     weights_used,
 )
 from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
-from minivar.training.device import autocast, describe_machine, pick_device
+from minivar.training.device import DTYPES, autocast, choose_dtype, describe_machine, pick_device
 
 
 def feature_network(device):
@@ -60,7 +60,7 @@ def generated_images(model, tokenizer, n, settings, args, device):
     out = []
     for i in tqdm(range(0, n, args.batch_size), desc="sampling", leave=False, dynamic_ncols=True):
         batch = labels[i:i + args.batch_size]
-        with autocast(device):
+        with autocast(device, args.dtype):
             if args.reject > 1:  # best of N by the implicit classifier (applications/rejection.py)
                 idx_list, _ = generate_best_of(model, tokenizer.quantizer, batch, args.reject, **sampling)
             else:
@@ -99,6 +99,7 @@ def load_images(path):
 def evaluate(args):
     """FID rows (one per cfg for a generator, else one) of whatever the flags name."""
     device = pick_device(args.device)
+    args.dtype = choose_dtype(args.dtype, device)[0]
     ckpt = load_checkpoint(args.ckpt) if args.ckpt else None
     kind = "train" if args.train else "images" if args.images else ckpt["kind"]
     if kind not in ("tokenizer", "var", "ar", "train", "images"):
@@ -177,6 +178,8 @@ def main(argv=None):
     p.add_argument("--cache-dir", help="where the test split's feature statistics are cached (default: the "
                                        "checkpoint's folder)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="sampling in fp32 or under bf16 autocast; auto: bf16 "
+                                                                   "on a CUDA GPU that has it, else fp32 (default: auto)")
     p.add_argument("--out", help="JSON file (default: <ckpt>_fid<n>.json beside the checkpoint)")
     args = p.parse_args(argv)
     try:

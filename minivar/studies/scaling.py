@@ -42,7 +42,7 @@ from minivar.studies.bench import transformer_train_flops
 from minivar.studies.complexity import fit_slope
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_json
 from minivar.training.cli import OneLineParser, positive, positive_int
-from minivar.training.device import describe_machine, pick_device, seed_everything
+from minivar.training.device import DTYPES, choose_dtype, describe_machine, pick_device, seed_everything
 from minivar.training.optim import adamw, lr_at
 from minivar.training.plots import save_figure
 from minivar.training.stages import VARStage
@@ -86,6 +86,7 @@ def train_one_size(depth, settings, tokenizer, data, device):
                           ema_decay=0.0)  # the losses of the raw weights, as the study was first measured
     stage = VARStage(run, size_config(depth, settings["width_per_depth"], tokenizer["model_config"]), *data, device,
                      tokenizer={"tokenizer_config": tokenizer["model_config"], "tokenizer": tokenizer["model"]})
+    stage.set_dtype(settings.get("dtype", "fp32"))
     model, L = stage.model, stage.model.seq_len
     steps = max(1, round(settings["tokens"] / (settings["batch_size"] * L)))
     warmup = max(1, round(settings["warmup_fraction"] * steps))
@@ -261,16 +262,19 @@ def main(argv=None):
                    help="test images for each point of the loss curves (default: 2000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the weights and the data order (default: 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--dtype", choices=DTYPES, default="auto", help="fp32, or bf16 autocast; auto: bf16 on a CUDA GPU "
+                                                                   "that has it, else fp32 (default: auto)")
     p.add_argument("--out", default="scaling.json", help="results JSON; the plot goes beside it as .png "
                                                          "(default: scaling.json)")
     p.add_argument("--fresh", action="store_true", help="start over instead of continuing the study in --out")
     args = p.parse_args(argv)
     try:
+        device = pick_device(args.device)
         settings = {"depths": parse_depths(args.depths), "width_per_depth": args.width_per_depth,
                     "tokens": int(args.tokens), "batch_size": args.batch_size, "lr": args.lr, "weight_decay": 0.05,
+                    "decayed": "weight matrices",  # (not every parameter, as before: a study of those cannot continue)
                     "warmup_fraction": 0.08, "eval_images": args.eval_images, "curve_images": args.curve_images,
-                    "seed": args.seed, "tokenizer": str(args.tokenizer)}
-        device = pick_device(args.device)
+                    "seed": args.seed, "tokenizer": str(args.tokenizer), "dtype": choose_dtype(args.dtype, device)[0]}
         torch.set_float32_matmul_precision("high")
         data = load_cifar10(args.data_dir, "train"), load_cifar10(args.data_dir, "test", download=False)
         command = "python -m minivar.studies.scaling " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -37,13 +37,13 @@ from pathlib import Path
 import torch
 
 from minivar.ar import AR
-from minivar.flex_attention import flex_unavailable
-from minivar.studies.bench import timed
+from minivar.flex_attention import flex_unavailable, use_flex
+from minivar.studies.bench import peak_bytes, timed
 from minivar.studies.complexity import block_sizes, fit_slope, parse_ints, var_scales
 from minivar.studies.cost_report import MEASURED, print_training_table, save_training_plot
 from minivar.training.checkpoint import save_json
 from minivar.training.cli import OneLineParser, positive, positive_int
-from minivar.training.device import describe_machine, pick_device
+from minivar.training.device import DTYPES, autocast, choose_dtype, describe_machine, pick_device
 from minivar.var import VAR, VARConfig
 
 VARIANTS = {"ar_causal": ("ar", "sdpa"), "var_dense": ("var", "sdpa"), "var_flex": ("var", "flex"),
@@ -84,27 +84,14 @@ def memory_estimate(variant, n, batch, dim, depth, vocab=512, ratio=1.25):
     return 4 * batch * L * (20 * dim * depth + 3 * vocab) + (8 * L * L if variant.endswith("dense") else 0)
 
 
-def peak_bytes(fn, device):
-    """Most tensor memory live at once during fn(), above what was live before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        fn()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
-    return max(itertools.accumulate((b for _, b in events), initial=0))
-
-
-def run_one(variant, n, batch, dim, depth, heads, ratio, device, repeats):
+def run_one(variant, n, batch, dim, depth, heads, ratio, device, repeats, dtype="fp32"):
     """Time and memory of a training step and of a forward pass (see the top); one process each."""
     kind, attention = VARIANTS[variant]
     cfg = VARConfig(scales=(n,) if kind == "ar" else var_scales(n, ratio), dim=dim, depth=depth, heads=heads,
                     attention=attention)
     model = (AR if kind == "ar" else VAR)(cfg).to(device)
+    if attention == "flex":
+        use_flex(model)
     L = model.seq_len
     x = (torch.randint(cfg.vocab_size, (batch, L - 1), device=device) if kind == "ar"
          else torch.randn(batch, L - 1, cfg.latent_dim, device=device))
@@ -113,12 +100,15 @@ def run_one(variant, n, batch, dim, depth, heads, ratio, device, repeats):
 
     def train_step():
         opt.zero_grad(set_to_none=True)
-        model(x, labels, targets)[1].backward()
+        with autocast(device, dtype):
+            loss = model(x, labels, targets)[1]
+        loss.backward()
         opt.step()
 
     @torch.no_grad()
     def forward():
-        model(x, labels)
+        with autocast(device, dtype):
+            model(x, labels)
 
     row = dict.fromkeys(MEASURED + SKIPS)
     for mode, fn in (("forward", forward), ("train", train_step)):
@@ -151,7 +141,7 @@ def run_isolated(job, timeout_s):
 
 
 def measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_run_s, max_memory_gib, budget_s,
-            isolate=True, progress=True):
+            isolate=True, progress=True, dtype="fp32"):
     """Every (n, batch, variant) that fits, smallest first (see the top for the skip rules)."""
     rows, start, last = [], time.perf_counter(), {}  # last: (variant, batch) -> its last measured row
     for n, batch, variant in itertools.product(grids, batch_sizes, variants):
@@ -176,7 +166,7 @@ def measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_
         else:
             repeats = 3 if row["predicted_s"] is None or row["predicted_s"] < 2 else 1
             job = dict(variant=variant, n=n, batch=batch, dim=dim, depth=depth, heads=heads, ratio=ratio,
-                       device=str(device), repeats=repeats)
+                       device=str(device), repeats=repeats, dtype=dtype)
             # a run holds ~7 steps (warm-up, timing, memory; training and forward), plus start-up and compiling
             row.update(run_isolated(job, min(left, 10 * max_run_s + 180)) if isolate
                        else run_one(**{**job, "device": device}))
@@ -191,12 +181,12 @@ def measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_
 
 
 def study(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_run_s, max_memory_gib, budget_s,
-          isolate=True, progress=True):
+          isolate=True, progress=True, dtype="fp32"):
     """measure() and summarize(), with the settings and the machine: what the JSON file holds."""
     t0 = time.perf_counter()
     rows = measure(grids, batch_sizes, variants, dim, depth, heads, ratio, device, max_run_s, max_memory_gib, budget_s,
-                   isolate, progress)
-    return {"grids": grids, "batch_sizes": batch_sizes, "variants": variants, "dim": dim, "depth": depth,
+                   isolate, progress, dtype)
+    return {"dtype": dtype, "grids": grids, "batch_sizes": batch_sizes, "variants": variants, "dim": dim, "depth": depth,
             "heads": heads, "ratio": ratio, "max_run_s": max_run_s, "max_memory_gib": max_memory_gib,
             "budget_s": budget_s, "var_scales": {str(n): var_scales(n, ratio) for n in grids}, "measured": rows,
             **summarize(rows, grids, variants, dim, depth, ratio), "machine": describe_machine(device),
@@ -266,6 +256,7 @@ def main(argv=None):
                    help="skip a step predicted to need more; auto: half the RAM, or 90%% of the GPU's memory")
     p.add_argument("--budget-s", type=positive, default=2400.0, help="stop measuring after this many seconds in all")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", choices=DTYPES, default="fp32", help="fp32, or bf16 autocast (auto: bf16 on CUDA)")
     p.add_argument("--out-dir", default="results", help="where training_cost_<device>.json and .png go")
     p.add_argument("--worker", help=argparse.SUPPRESS)  # one measurement, in its own process (run_isolated)
     args = p.parse_args(argv)
@@ -277,6 +268,7 @@ def main(argv=None):
         p.error(f"need --dim ({args.dim}) divisible by --heads ({args.heads}) and --ratio ({args.ratio:g}) above 1")
     try:
         device = pick_device(args.device)
+        dtype = choose_dtype(args.dtype, device)[0]
     except ValueError as e:
         p.error(str(e))
     if args.max_memory_gib == "auto":
@@ -285,7 +277,7 @@ def main(argv=None):
         args.max_memory_gib = total / 2**30
     print(f"training cost on {device}: n {args.grids}, batches {args.batch_sizes}, {args.attention}")
     result = study(args.grids, args.batch_sizes, args.attention, args.dim, args.depth, args.heads, args.ratio, device,
-                   args.max_run_s, args.max_memory_gib, args.budget_s)
+                   args.max_run_s, args.max_memory_gib, args.budget_s, dtype=dtype)
     result["command"] = " ".join([p.prog, *(sys.argv[1:] if argv is None else argv)])
     print_training_table(result)
     out = Path(args.out_dir) / f"training_cost_{device.type}"

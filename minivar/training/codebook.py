@@ -10,6 +10,7 @@ collapse at the small scales).
 import torch
 
 from minivar.quantizer import area_resize
+from minivar.training import distributed
 
 
 @torch.no_grad()
@@ -34,3 +35,19 @@ def reseed_dead_codes(quantizer, f_BChw, noise=0.01):
         quantizer.codebook.weight[dead] = new + noise * new.std() * torch.randn_like(new)
     quantizer.hits_KV.zero_()
     return dead
+
+
+def reseed_in_training(quantizer, latent_BChw, optimizer):
+    """The tokenizer stage's re-seed: the dead codes' Adam moments are cleared too, so that stale
+    statistics do not throw them around. Under torchrun use is counted over all ranks' images,
+    re-seeding draws from the whole global batch, and rank 0's draws decide for every rank (the
+    ranks' random numbers agree only as long as each draws the same ones). Returns metrics."""
+    distributed.sum_across_ranks(quantizer.hits_KV)
+    usage = quantizer.usage_per_scale()
+    dead = reseed_dead_codes(quantizer, distributed.rows_from_all_ranks(latent_BChw))
+    distributed.broadcast_from_rank_zero(quantizer.codebook.weight)
+    codebook_state = optimizer.state.get(quantizer.codebook.weight, {})
+    for key in ("exp_avg", "exp_avg_sq"):
+        if key in codebook_state:
+            codebook_state[key][dead] = 0
+    return {"reseeded": torch.tensor(float(len(dead))), "usage": usage[-1], "usage_min": usage.min()}

@@ -44,6 +44,22 @@ def sum_across_ranks(tensor):
     return tensor
 
 
+def broadcast_from_rank_zero(tensor):
+    """In place: every rank ends up with rank 0's values (where a decision must not depend on each
+    rank's own random draws, which agree only as long as every rank draws the same numbers)."""
+    if active():
+        dist.broadcast(tensor, src=0)
+    return tensor
+
+
+def same_choice_on_every_rank(choice, options):
+    """Rank 0's choice among `options`, on every rank (a setting timed by each process may differ)."""
+    if not active():
+        return choice
+    index = torch.tensor([options.index(choice)], device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    return options[int(broadcast_from_rank_zero(index).item())]
+
+
 def rows_from_all_ranks(tensor):
     """Concatenate every rank's rows, in rank order: the whole global batch, on every rank."""
     if not active():

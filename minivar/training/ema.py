@@ -36,15 +36,14 @@ class EMA:
             raise ValueError(f"EMA decay {decay}: need a number in (0, 1); 0 switches the average off")
         self.decay = decay
         self.model = copy.deepcopy(model).eval().requires_grad_(False)  # the averaged copy: evaluate and sample it
+        self.params = list(self.model.parameters())
 
     @torch.no_grad()
     def update(self, model, step):
-        """Move the average towards `model`'s weights after optimizer step `step`."""
+        """Move the average towards `model`'s weights after optimizer step `step`: one fused
+        call over all of them. (The buffers, constants such as VAR's mask, were copied once.)"""
         d = warmed_up_decay(self.decay, step)
-        for average, current in zip(self.model.parameters(), model.parameters()):
-            average.lerp_(current, 1 - d)  # average + (1 − d)·(current − average)
-        for average, current in zip(self.model.buffers(), model.buffers()):
-            average.copy_(current)  # buffers are not learned: take them as they are
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1 - d)  # avg + (1 − d)·(w − avg)
 
     def state_dict(self):
         return self.model.state_dict()

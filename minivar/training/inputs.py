@@ -45,7 +45,7 @@ def dependency(kind, cfg, model_cfg, out_dir, init=None):
         return {"tokenizer": {"tokenizer_config": init["tokenizer_config"], "tokenizer": init["tokenizer"]}}
     if kind in ("var", "ar"):
         path = cfg.tokenizer or out_dir / "tokenizer.pt"
-        tok = load_checkpoint(path, "tokenizer")
+        tok = carried_tokenizer(load_checkpoint(path), path)
         if kind == "var" and len(tok["model_config"]["scales"]) == 1:
             raise ValueError(f"--stage var needs a multi-scale tokenizer, but {path} has scales "
                              f"{tuple(tok['model_config']['scales'])}: train one with python train.py --stage "
@@ -61,6 +61,18 @@ def dependency(kind, cfg, model_cfg, out_dir, init=None):
         net = load_checkpoint(path, "perceptual")
         return {"perceptual": {"model_config": net["model_config"], "model": net["model"]}}
     return {}
+
+
+def carried_tokenizer(ckpt, path):
+    """A tokenizer checkpoint as it is; a var or ar checkpoint (checkpoints/var_cpu.pt, say) as the
+    tokenizer it carries, in fp32 (an exported file holds it in half precision)."""
+    if ckpt["kind"] in ("var", "ar"):
+        return {"kind": "tokenizer", "model_config": ckpt["tokenizer_config"],
+                "model": {k: v.float() if v.is_floating_point() else v for k, v in ckpt["tokenizer"].items()}}
+    if ckpt["kind"] != "tokenizer":
+        raise CheckpointError(f"--tokenizer {path} is a {ckpt['kind']} checkpoint: pass a tokenizer checkpoint, or a "
+                              "var or ar checkpoint (its tokenizer is used)")
+    return ckpt
 
 
 def ckpt_dependency(ckpt, kind, cli, ckpt_path):
@@ -83,7 +95,8 @@ def ckpt_dependency(ckpt, kind, cli, ckpt_path):
 def refuse_another(cli, name, held_state, ckpt_path):
     if not cli.get(name):
         return
-    given = load_checkpoint(cli[name], name)["model"]
+    given = (carried_tokenizer(load_checkpoint(cli[name]), cli[name]) if name == "tokenizer" else
+             load_checkpoint(cli[name], name))["model"]
     if given.keys() != held_state.keys() or not all(torch.equal(given[k].float(), held_state[k].float())
                                                     for k in given):
         raise ValueError(f"--{name} {cli[name]}: {ckpt_path} trained on the {name} it carries, not this one; it "

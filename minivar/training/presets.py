@@ -28,6 +28,8 @@ class TrainConfig:
     data_dir: str = flag("./data", "folder holding cifar-10-batches-py/ (downloaded there if absent)")
     out_dir: str = flag("./out", "checkpoints, logs and pictures of this run")
     device: str = flag("auto", "auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps")
+    dtype: str = flag("auto", "fp32, or bf16 autocast; auto: bf16 on a CUDA GPU that has it, elsewhere the faster of "
+                              "the two for one training step, timed at start-up", choices=("auto", "fp32", "bf16"))
     seed: int = flag(0, "seed of the initial weights and of the data order")
     max_steps: int = flag(20_000, "optimizer steps; the learning-rate schedule ends here")
     batch_size: int = flag(128, "global batch: under torchrun each of N processes takes batch_size / N rows")
@@ -42,7 +44,8 @@ class TrainConfig:
     eval_images: int = flag(10_000, "test images an evaluation uses")
     train_images: int = flag(0, "train on the first N training images only (0: all 50,000)")
     reseed_every: int = flag(100, "tokenizer: steps between re-seeds of unused codes", stages=("tokenizer",))
-    tokenizer: str = flag("", "var, ar: the tokenizer checkpoint (default: <out-dir>/tokenizer.pt)", stages=("var", "ar"))
+    tokenizer: str = flag("", "var, ar: the tokenizer checkpoint, or a var/ar checkpoint whose tokenizer to use (default: "
+                              "<out-dir>/tokenizer.pt)", stages=("var", "ar"))
     perceptual: str = flag("", "tokenizer: the perceptual network's checkpoint (default: <out-dir>/perceptual.pt)",
                            stages=("tokenizer",))
     init_from: str = flag("", "var, ar: start a new run from the weights of this var or ar checkpoint (e.g. "
@@ -83,14 +86,15 @@ PRESETS = {
             "var": ({"max_steps": 1700, "batch_size": 32, "lr": 1e-3, "weight_decay": 0.05, "warmup_steps": 100,
                      "eval_every": 400, "eval_images": 2000, "ema_decay": 0.999},
                     {"dim": 192, "depth": 6, "heads": 4})},
+    # tiny (tests): fp32 always, not auto, so that two runs compared by a test never differ by a timing
     "tiny": {"perceptual": ({"max_steps": 10, "batch_size": 16, "lr": 2e-3, "warmup_steps": 2, "log_every": 5,
-                             "eval_every": 10, "eval_images": 64}, {"widths": (8, 16, 16)}),
+                             "eval_every": 10, "eval_images": 64, "dtype": "fp32"}, {"widths": (8, 16, 16)}),
              "tokenizer": ({"max_steps": 30, "batch_size": 16, "lr": 2e-3, "warmup_steps": 5, "log_every": 5,
-                            "eval_every": 15, "eval_images": 64, "reseed_every": 10},
+                            "eval_every": 15, "eval_images": 64, "reseed_every": 10, "dtype": "fp32"},
                            {"widths": (16, 32, 32), "res_blocks": 1, "vocab_size": 64, "latent_dim": 8,
                             "disc_start": 8, "disc_warmup": 2}),
              "var": ({"max_steps": 20, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "log_every": 5,
-                      "eval_every": 10, "eval_images": 64, "ema_decay": 0.999, "train_images": 2000},
+                      "eval_every": 10, "eval_images": 64, "ema_decay": 0.999, "train_images": 2000, "dtype": "fp32"},
                      {"dim": 32, "depth": 2, "heads": 2})},
 }
 PRESETS["gpu-long"] = {  # the gpu preset scaled up for about an hour

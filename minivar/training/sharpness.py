@@ -29,6 +29,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from minivar.training.device import conv_layout
+
 
 class PatchDiscriminator(nn.Module):
     """32×32 image -> 8×8 logits, one per overlapping patch of about 14×14 pixels: real (> 0)
@@ -93,6 +95,13 @@ class FeatureClassifier(nn.Module):
 
     def forward(self, x_B3HW):
         return self.head(self.features(x_B3HW)[-1].mean((2, 3)))
+
+
+def frozen_classifier(config: dict, state: dict, device):
+    """A trained classifier from its checkpoint's config and weights, frozen, in the layout the tokenizer trains in."""
+    net = FeatureClassifier(PerceptualConfig(**config).widths)
+    net.load_state_dict(state)
+    return net.to(device, memory_format=conv_layout(device)).eval().requires_grad_(False)
 
 
 def perceptual_distance(network, x_B3HW, y_B3HW):

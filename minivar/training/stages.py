@@ -4,7 +4,8 @@ train.py runs one loop for every stage; a stage object supplies what differs:
 
     stage.model                  the nn.Module being trained
     stage.net                    what the step calls: the model, or its torch.compile / DDP wrapper
-    stage.train_step(step, optimizer, lr, grad_clip)    one optimizer step (Stage, below)
+    stage.train_step(step, optimizer, lr, grad_clip, log)    one optimizer step (Stage, below)
+    stage.set_dtype(dtype)       fp32, or bf16 autocast (device.py)
     stage.evaluate()             metrics on the test split
     stage.save_picture(path)     a PNG to look at after each evaluation
     stage.state(), load_state()  what a checkpoint carries besides the model and its optimizer
@@ -13,18 +14,21 @@ The stages, in the order `python train.py` runs them: perceptual (the small CIFA
 classifier whose features the tokenizer's perceptual loss compares), tokenizer, var; and
 ar, the baseline, on its own.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
 from minivar.ar import AR
 from minivar.data import CLASSES, Batches, EpochSampler, iterate_in_order
+from minivar.flex_attention import use_flex
 from minivar.tokenizer import Tokenizer, psnr
 from minivar.training.checkpoint import frozen_tokenizer
-from minivar.training.codebook import reseed_dead_codes
+from minivar.training.codebook import reseed_in_training
 from minivar.training.device import autocast, conv_layout
-from minivar.training.distributed import active, rank_zero_first, rows_from_all_ranks, sum_across_ranks
+from minivar.training import distributed
 from minivar.training.ema import EMA
-from minivar.training.evaluation import test_cross_entropy
+from minivar.training.evaluation import loss_per_scale, test_cross_entropy
 from minivar.training.plots import save_reconstruction_grid, save_sample_grid
 from minivar.training.sharpness import (
     FeatureClassifier,
@@ -32,6 +36,7 @@ from minivar.training.sharpness import (
     PerceptualConfig,
     adaptive_weight,
     discriminator_hinge_loss,
+    frozen_classifier,
     perceptual_distance,
 )
 from minivar.training.tokens import cached_tokens
@@ -40,14 +45,19 @@ from minivar.var import VAR
 
 class Stage:
     items = "img"  # what the progress bar counts per second
+    dtype, autocast = "fp32", contextlib.nullcontext()  # until set_dtype
 
-    def train_step(self, step, optimizer, lr, grad_clip):
+    def set_dtype(self, dtype):
+        """Train (and evaluate) in fp32, or under bf16 autocast."""
+        self.dtype, self.autocast = dtype, autocast(self.device, dtype)
+
+    def train_step(self, step, optimizer, lr, grad_clip, log=True):
         """One optimizer step at learning rate lr, gradients clipped to norm grad_clip. Returns
         the step's metrics as tensors: reading one waits for the GPU, so the loop does that
-        only when it logs."""
+        only when it logs; metrics that cost work of their own only if `log`."""
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, metrics = self.loss(step)
+        loss, metrics = self.loss(step, log)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), grad_clip)
@@ -65,8 +75,8 @@ class Stage:
     def load_state(self, ckpt):
         pass
 
-    def save_picture(self, path):
-        pass  # a stage without a picture worth a file (the perceptual classifier)
+    def save_picture(self, path):  # a stage without a picture worth a file (the perceptual classifier)
+        pass
 
 
 class PerceptualStage(Stage):
@@ -74,13 +84,13 @@ class PerceptualStage(Stage):
     kind = "perceptual"
 
     def __init__(self, tcfg, model_cfg: PerceptualConfig, train_data, test_data, device, rank=0, world_size=1):
-        self.device, self.autocast, self.layout = device, autocast(device), conv_layout(device)  # (reused each step)
+        self.device, self.layout = device, conv_layout(device)
         self.model = self.net = FeatureClassifier(model_cfg.widths).to(device, memory_format=self.layout)
         self.items_per_step = tcfg.batch_size
         self.batches = Batches(*train_data, tcfg.batch_size, device, seed=tcfg.seed, rank=rank, world_size=world_size)
         self.test_images, self.test_labels = test_data[0][:tcfg.eval_images], test_data[1][:tcfg.eval_images]
 
-    def loss(self, step):
+    def loss(self, step, log=True):
         x, y = self.batches.batch(step)
         with self.autocast:
             logits = self.net(x.contiguous(memory_format=self.layout))
@@ -96,19 +106,13 @@ class PerceptualStage(Stage):
         return {"test_accuracy": correct / len(self.test_images)}
 
 
-def frozen_classifier(config: dict, state: dict, device):
-    net = FeatureClassifier(PerceptualConfig(**config).widths)
-    net.load_state_dict(state)
-    return net.to(device, memory_format=conv_layout(device)).eval().requires_grad_(False)
-
-
 class TokenizerStage(Stage):
     """Reconstruction + VQ losses (tokenizer.py), plus sharpness.py's terms whose weights are above 0."""
     kind = "tokenizer"
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, perceptual=None):
         self.tcfg, self.device, self.perceptual_checkpoint = tcfg, device, perceptual
-        self.autocast, self.layout = autocast(device), conv_layout(device)  # (reused each step)
+        self.layout = conv_layout(device)
         self.model = self.net = Tokenizer(model_cfg).to(device, memory_format=self.layout)
         self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
         self.items_per_step = tcfg.batch_size  # the global batch (split across ranks under torchrun)
@@ -117,23 +121,22 @@ class TokenizerStage(Stage):
         self.perceptual = None
         if model_cfg.perceptual_weight > 0:  # perceptual = {"model_config", "model"} of a perceptual checkpoint
             self.perceptual = frozen_classifier(perceptual["model_config"], perceptual["model"], device)
-        self.discriminator = None
+        self.discriminator, self._last = None, None
         if model_cfg.adversarial_weight > 0:
             with torch.random.fork_rng(devices=[]):  # its own seed: until disc_start the run is bit for bit
                 torch.manual_seed(tcfg.seed + 1)      # the one without the adversarial term
                 self.discriminator = self.disc_net = PatchDiscriminator().to(device, memory_format=self.layout)
-            if active():  # torchrun: its gradients are averaged like the tokenizer's
+            if distributed.active():  # torchrun: its gradients are averaged like the tokenizer's
                 self.disc_net = torch.nn.parallel.DistributedDataParallel(self.discriminator)
             self.disc_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=tcfg.lr, betas=(0.5, 0.9))
-        self._last = None
 
-    def loss(self, step):
+    def loss(self, step, log=True):
         cfg = self.model.cfg
         x = self.batches.batch(step)[0].contiguous(memory_format=self.layout)
         with self.autocast:
             x_rec, _, info = self.net(x)
             rec_loss = info["rec_loss"]
-            metrics = {"psnr": psnr(x_rec.detach().float(), x).mean()}
+            metrics = {"psnr": psnr(x_rec.detach().float(), x).mean()} if log else {}
             if self.perceptual is not None:
                 distance = perceptual_distance(self.perceptual, x, x_rec).mean()
                 rec_loss = rec_loss + cfg.perceptual_weight * distance
@@ -159,23 +162,9 @@ class TokenizerStage(Stage):
             d_loss.backward()
             self.disc_optimizer.step()
             metrics["disc_loss"] = d_loss.detach()
-        if (step + 1) % self.tcfg.reseed_every == 0:
-            metrics.update(self.reseed(latent, optimizer))
+        if (step + 1) % self.tcfg.reseed_every == 0:  # unused codes move onto current residuals (codebook.py)
+            metrics.update(reseed_in_training(self.model.quantizer, latent, optimizer))
         return metrics
-
-    def reseed(self, latent, optimizer):
-        """Codes no scale used since the last check move onto current residuals (codebook.py), their
-        Adam moments cleared so that stale statistics do not throw them around. torchrun: use is
-        counted over all ranks' images and re-seeding draws from the whole global batch."""
-        quantizer = self.model.quantizer
-        sum_across_ranks(quantizer.hits_KV)
-        usage = quantizer.usage_per_scale()
-        dead = reseed_dead_codes(quantizer, rows_from_all_ranks(latent))
-        codebook_state = optimizer.state.get(quantizer.codebook.weight, {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in codebook_state:
-                codebook_state[key][dead] = 0
-        return {"reseeded": torch.tensor(float(len(dead))), "usage": usage[-1], "usage_min": usage.min()}
 
     @torch.no_grad()
     def evaluate(self, per_scale_images=500):
@@ -221,11 +210,11 @@ class VARStage(Stage):
     model_class = VAR
 
     def __init__(self, tcfg, model_cfg, train_data, test_data, device, rank=0, world_size=1, tokenizer=None):
-        self.tcfg, self.device, self.autocast = tcfg, device, autocast(device)
+        self.tcfg, self.device = tcfg, device
         self.tokenizer_checkpoint = tokenizer  # {"tokenizer_config", "tokenizer"}: travels in every checkpoint
         self.tokenizer = frozen_tokenizer(tokenizer["tokenizer_config"], tokenizer["tokenizer"]).to(device)
         self.scale_names = [f"{s}×{s}" for s in model_cfg.scales]
-        with rank_zero_first():  # torchrun: one process tokenizes, the others read its cache
+        with distributed.rank_zero_first():  # torchrun: one process tokenizes, the others read its cache
             train_tok, train_labels, test_tok, test_labels = cached_tokens(
                 self.tokenizer, tcfg.out_dir, train_data, test_data, device)
         self.train_tokens, self.train_labels = train_tok.to(device), train_labels.to(device)  # resident on the device
@@ -233,17 +222,22 @@ class VARStage(Stage):
         self.test_labels = test_labels[:tcfg.eval_images].to(device)
         self.sampler = EpochSampler(len(self.train_tokens), tcfg.batch_size, tcfg.seed, rank, world_size, device)
         self.model = self.net = self.model_class(model_cfg).to(device)
+        if model_cfg.attention == "flex":  # FlexAttention in the training pass (flex_attention.py)
+            use_flex(self.model)
         self.ema = EMA(self.model, tcfg.ema_decay) if tcfg.ema_decay > 0 else None  # what samples are drawn from
         self.items_per_step = tcfg.batch_size * self.model.seq_len
 
-    def loss(self, step):
+    def loss(self, step, log=True):
         idx = self.sampler.indices(step)
         tokens, labels = self.train_tokens[idx].long(), self.train_labels[idx]
         labels = self.model.drop_labels(labels, self.sampler.uniforms(2, step))  # the null class, for CFG
+        inputs = self.model.teacher_forcing_inputs(self.tokenizer.quantizer, tokens)  # (fp32 under any autocast)
         with self.autocast:
-            inputs = self.model.teacher_forcing_inputs(self.tokenizer.quantizer, tokens)
             logits, loss = self.net(inputs, labels, tokens)
-        return loss, {"loss": loss.detach(), "loss_per_scale": self.model.loss_per_scale(logits.detach(), tokens)}
+        metrics = {"loss": loss.detach()}
+        if log:  # a second pass over the logits: only when the loop logs it
+            metrics["loss_per_scale"] = loss_per_scale(self.model, logits.detach(), tokens)
+        return loss, metrics
 
     def after_step(self, step, optimizer):
         if self.ema is not None:
@@ -256,10 +250,10 @@ class VARStage(Stage):
         EMA, the same for the averaged weights (ema_ce, ema_ce_per_scale)."""
         self.model.eval()
         tokens, labels = self.test_tokens[:images], self.test_labels[:images]
-        result = test_cross_entropy(self.model, self.tokenizer, tokens, labels, self.device)
+        result = test_cross_entropy(self.model, self.tokenizer, tokens, labels, self.device, dtype=self.dtype)
         self.model.train()
         if self.ema is not None:
-            ema = test_cross_entropy(self.ema.model, self.tokenizer, tokens, labels, self.device)
+            ema = test_cross_entropy(self.ema.model, self.tokenizer, tokens, labels, self.device, dtype=self.dtype)
             result.update(ema_ce=ema["ce"], ema_ce_per_scale=ema["ce_per_scale"])
         return result
 
