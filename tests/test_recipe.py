@@ -1,0 +1,57 @@
+"""The recipe study (studies/recipe.py): one trial at a time, each written as soon as it is scored,
+the next invocation continuing where the written ones stop; `combined` takes what helped."""
+import json
+
+import pytest
+import torch
+
+from minivar.studies import evaluate, recipe
+from minivar.tokenizer import Tokenizer, TokenizerConfig
+from minivar.training.checkpoint import save_checkpoint
+from minivar.training.presets import PRESETS
+from tests.conftest import write_fake_cifar
+from tests.test_train import StandIn
+
+
+def fake_result(folder, name, best_fid):
+    (folder / f"{name}.json").write_text(json.dumps({"name": name, "best_fid": best_fid}))
+
+
+def test_combined_takes_each_change_that_beat_the_baseline_by_more_than_the_noise(tmp_path):
+    fid = {"base": 60.0, "lr2x": 57.0, "lr3x": 58.0, "batch2x": 59.5, "batch-half": 61.0, "shallower": 58.5,
+           "ema0.99": 70.0}
+    for name, value in fid.items():
+        fake_result(tmp_path, name, value)
+    train, model = recipe.trial_changes("combined", "cpu", tmp_path)
+    lr = PRESETS["cpu"]["var"][0]["lr"]
+    # lr2x and lr3x both helped: the better one sets the learning rate; batch2x is within the noise
+    assert train == {"lr": 2 * lr} and model == {"depth": PRESETS["cpu"]["var"][1]["depth"] - 2}
+    (tmp_path / "ema0.99.json").unlink()
+    with pytest.raises(ValueError, match="ema0.99 not yet"):
+        recipe.trial_changes("combined", "cpu", tmp_path)
+
+
+@pytest.mark.slow
+def test_a_trial_trains_scores_and_writes_its_json_and_the_next_run_continues(tmp_path, monkeypatch, capsys):
+    write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py")
+    torch.manual_seed(0)
+    tok = Tokenizer(TokenizerConfig(widths=(16, 32, 32), vocab_size=64, latent_dim=8))
+    save_checkpoint({"kind": "tokenizer", "model_config": vars(tok.cfg), "model": tok.state_dict()},
+                    tmp_path / "tokenizer.pt")
+    monkeypatch.setattr(evaluate, "feature_network", StandIn)
+    common = ["--preset", "tiny", "--tokenizer", str(tmp_path / "tokenizer.pt"), "--data-dir", str(tmp_path / "data"),
+              "--work-dir", str(tmp_path / "runs"), "--results-dir", str(tmp_path / "results"), "--n", "20",
+              "--cfg-scale", "0,2", "--top-k", "0", "--device", "cpu"]
+    recipe.main(common)  # the next trial not done: the baseline
+    base = json.loads((tmp_path / "results" / "base.json").read_text())
+    assert base["steps"] == PRESETS["tiny"]["var"][0]["max_steps"] and base["changes"] == {}
+    assert [r["cfg_scale"] for r in base["fid"]] == [0, 2] and base["best_fid"] == min(r["fid"] for r in base["fid"])
+    assert base["test_ce"] > 0 and base["test_ce_ema"] > 0 and base["machine"]["cpu"]
+    assert base["train_command"].startswith("python train.py --stage var --preset tiny")
+    recipe.main(common)  # continues with the next one, at twice the learning rate, the same steps
+    lr2x = json.loads((tmp_path / "results" / "lr2x.json").read_text())
+    assert lr2x["changes"] == {"lr": 2 * PRESETS["tiny"]["var"][0]["lr"]} and lr2x["steps"] == base["steps"]
+    capsys.readouterr()
+    recipe.main(common + ["--list"])
+    table = capsys.readouterr().out
+    assert "| base | none |" in table and "| lr3x | not run yet |" in table
