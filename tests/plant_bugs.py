@@ -5,7 +5,8 @@
 
 A test suite earns trust by failing when the algorithm breaks. Each entry of BUGS is a plausible
 one-line mistake in a step a student reads (the quantizer, the mask, VAR's forward and sampling
-passes, the sampler, the AR baseline, editing, training); for each, this copies the project
+passes, the sampler, the AR baseline, editing, training) or in the code around it (the data path,
+the token cache, the schedule, FID, the divergence guard, ...); for each, this copies the project
 into a temporary folder, makes that one change, runs the fast tests there, and reports the
 first test that fails, or SURVIVED if none does. The project itself is never touched.
 
@@ -97,6 +98,71 @@ BUGS = [
      "the training step never drops a label"),
     ("ema-backwards", "minivar/training/ema.py", "model.parameters()], 1 - d)", "model.parameters()], d)",
      "the average keeps the new weights and forgets the old ones the wrong way round"),
+    # Around the core: the filters on logits in any order, the data path, the token cache, the
+    # learning-rate schedule, FID's inputs and statistics, the divergence guard, the cost counts,
+    # codebook re-seeding, the evaluation's cross-entropy.
+    ("top-k-assumes-sorted", "minivar/sampling.py", "kth_best = logits.topk(top_k, dim=-1).values[..., -1:]",
+     "kth_best = logits[..., top_k - 1:top_k]", "top-k reads the k-th logit in vocabulary order, as if sorted"),
+    ("top-p-mass-in-vocab-order", "minivar/sampling.py", "cumulative = sorted_logits.softmax(-1).cumsum(-1)",
+     "cumulative = logits.softmax(-1).cumsum(-1)", "top-p sums the mass in vocabulary order, not from the likeliest"),
+    ("top-p-mask-gathered", "minivar/sampling.py", "drop = drop_sorted.scatter(-1, order, drop_sorted)",
+     "drop = drop_sorted.gather(-1, order)", "top-p's mask goes back to vocabulary order by the inverse permutation"),
+    ("to-float-over-128", "minivar/data.py", "images_uint8.float().div(127.5).sub(1.0)",
+     "images_uint8.float().div(128).sub(1.0)", "uint8 -> float as v/128 − 1: white is 0.992, not 1"),
+    ("to-float-unit-range", "minivar/data.py", "images_uint8.float().div(127.5).sub(1.0)",
+     "images_uint8.float().div(255)", "uint8 -> float in [0, 1], not the tokenizer's [−1, 1]"),
+    ("to-uint8-truncates", "minivar/data.py", ".mul(127.5).round().to(torch.uint8)", ".mul(127.5).to(torch.uint8)",
+     "float -> uint8 rounds down, not to the nearest level"),
+    ("to-uint8-no-clamp", "minivar/data.py", "images.clamp(-1, 1).add(1)", "images.add(1)",
+     "float -> uint8 without clamping: a decoder's overshoot past ±1 wraps around"),
+    ("to-uint8-clamps-to-unit", "minivar/data.py", "images.clamp(-1, 1).add(1)", "images.clamp(0, 1).add(1)",
+     "float -> uint8 clamps to [0, 1]: every dark pixel turns grey"),
+    ("epoch-order-by-step", "minivar/data.py", "generator=self.generator(0, epoch))",
+     "generator=self.generator(0, step))", "an epoch's order is seeded by the step that first asks: a resumed run "
+     "sees other batches"),
+    ("ragged-batch-kept", "minivar/data.py", "self.batches_per_epoch = n_rows // batch_size",
+     "self.batches_per_epoch = (n_rows + batch_size - 1) // batch_size", "the ragged last batch of an epoch is kept"),
+    ("cache-flips-vertically", "minivar/training/tokens.py", "x.flip(3) if flip else x", "x.flip(2) if flip else x",
+     "the token cache's flipped half is mirrored top to bottom"),
+    ("warmup-off-by-one", "minivar/training/optim.py", "return lr * (step + 1) / warmup_steps",
+     "return lr * step / warmup_steps", "warm-up starts at 0 and reaches the peak a step late"),
+    ("cosine-floor-at-zero", "minivar/training/optim.py",
+     "lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))",
+     "lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))", "the cosine decays to 0, not to 10% of the peak"),
+    ("cosine-from-step-zero", "minivar/training/optim.py",
+     "progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)", "progress = step / max(1, max_steps)",
+     "the cosine counts from step 0, not from the end of warm-up"),
+    ("fid-inputs-unit-range", "minivar/studies/metrics.py", "self.net(((x - 128) / 128)", "self.net((x / 255)",
+     "Inception gets pixels in [0, 1], not (x − 128)/128"),
+    ("fid-resize-align-corners", "minivar/studies/metrics.py", 'mode="bilinear", align_corners=False)',
+     'mode="bilinear", align_corners=True)', "the resize to 299×299 aligns corner pixels, not pixel centres"),
+    ("fid-biased-covariance", "minivar/studies/metrics.py", "return f.mean(0), torch.cov(f.T)",
+     "return f.mean(0), torch.cov(f.T, correction=0)", "the features' covariance divides by N, not N − 1"),
+    ("guard-ignores-sign", "minivar/training/divergence.py", "p.detach().abs().max().float()",
+     "p.detach().max().float()", "the weight check sees only the largest positive weight"),
+    ("guard-lets-nan-weights-through", "minivar/training/divergence.py", "elif not size <= self.weight_limit:",
+     "elif size > self.weight_limit:", "NaN weights pass the weight check"),
+    ("guard-lets-nan-loss-through", "minivar/training/divergence.py",
+     "bad = ~(loss.detach().abs() <= self.loss_limit)", "bad = loss.detach().abs() > self.loss_limit",
+     "a NaN loss passes the loss check"),
+    ("guard-reports-last-bad-step", "minivar/training/divergence.py",
+     "torch.where((self.first_bad < 0) & bad, step, self.first_bad)", "torch.where(bad, step, self.first_bad)",
+     "the guard names the last bad step, not the first"),
+    ("count-tokens-swapped", "minivar/studies/complexity.py", "tokens += b if cached else prefix",
+     "tokens += prefix if cached else b", "the tokens processed with and without a cache are swapped"),
+    ("count-mlp-once", "minivar/studies/complexity.py", "2 * (4 + 2 * mlp_ratio) * dim * dim * depth",
+     "2 * (4 + mlp_ratio) * dim * dim * depth", "the linear FLOPs count one of the MLP's two matrices"),
+    ("reseed-from-dead-codes", "minivar/training/codebook.py", "quantizer.nearest_code(u_BCss, exclude=dead)",
+     "quantizer.nearest_code(u_BCss)", "re-seeding's residuals are left by every code, the dead ones too"),
+    ("eval-batch-weighted-by-batch-size", "minivar/training/evaluation.py",
+     "model.loss_per_scale(logits, tokens).cpu() * len(tokens)",
+     "model.loss_per_scale(logits, tokens).cpu() * batch_size", "the evaluation counts a short last batch as full"),
+    ("eval-scales-weighted-equally", "minivar/training/evaluation.py",
+     "weights = [s * s / sum(s * s for s in model.cfg.scales) for s in model.cfg.scales]",
+     "weights = [1 / len(model.cfg.scales) for s in model.cfg.scales]",
+     "the overall cross-entropy weights every scale alike, not by its s² tokens"),
+    ("unigram-in-bits", "minivar/training/evaluation.py", "-(p * p.log()).sum()", "-(p * p.log2()).sum()",
+     "the unigram floor in bits, beside a cross-entropy in nats"),
 ]
 
 
