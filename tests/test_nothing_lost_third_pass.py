@@ -1,0 +1,100 @@
+"""Hostile input, third pass: a lock that followed a symlink, a token cache that missed changed
+data, a 16-bit PNG read as white, and messages that named the wrong file or cause. One test
+each, named after what it protects; every one runs in this process, in seconds."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sample
+import train
+from minivar.tokenizer import Tokenizer, TokenizerConfig
+from minivar.training import files, tokens
+from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from minivar.training.divergence import Diverged, DivergenceGuard
+from minivar.training.files import FileError, RunLock, atomic_write
+from minivar.training.presets import PRESETS
+from minivar.training.tokens import cached_tokens
+
+TINY_TOKENIZER = TokenizerConfig(**{**PRESETS["tiny"]["tokenizer"][1], "perceptual_weight": 0.0})
+
+
+def one_line(data_dir, out, *args):
+    """train.main's exit message, checked to be a single `error: ...` line."""
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "tiny", "--data-dir", str(data_dir), "--out-dir", str(out), *map(str, args)])
+    message = e.value.code
+    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+def dead_pid():
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+# --- 1. the run lock writes into its own file only ---
+
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+def test_the_lock_never_writes_through_a_link_into_another_file(link, data_dir, tmp_path):
+    precious, out = tmp_path / "precious.txt", tmp_path / "out"
+    precious.write_text("precious")
+    out.mkdir()
+    (os.symlink if link == "symlink" else os.link)(precious, out / ".lock")
+    message = one_line(data_dir, out, "--stage", "var")
+    assert precious.read_text() == "precious"
+    assert f"{out / '.lock'} is a {link}" in message and "left untouched" in message
+
+
+def test_a_symlink_put_there_after_the_check_is_refused_by_the_kernel(tmp_path, monkeypatch):
+    """O_NOFOLLOW: with the check before opening skipped (as if the link appeared just after it)."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("precious")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".lock").symlink_to(precious)
+    monkeypatch.setattr(RunLock, "refuse_what_is_not_a_lock_file", lambda self, status=None: None)
+    with pytest.raises(FileError, match="is a symlink, not a lock file"):
+        RunLock(tmp_path / "out").__enter__()
+    assert precious.read_text() == "precious"
+
+
+def test_a_lock_that_is_a_folder_is_one_line_naming_it(data_dir, tmp_path):
+    (tmp_path / "out" / ".lock").mkdir(parents=True)
+    assert f"{tmp_path / 'out' / '.lock'} is a folder, not a lock file" in one_line(data_dir, tmp_path / "out")
+
+
+def test_a_full_disk_or_a_read_only_folder_while_locking_names_the_lock_and_the_cause(tmp_path, monkeypatch):
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+    monkeypatch.setattr(files.os, "fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs)))
+    with pytest.raises(FileError) as e:
+        RunLock(tmp_path / "full").__enter__()
+    assert str(e.value).startswith(f"no space left on the disk of {tmp_path / 'full'}") and ".lock" in str(e.value)
+    assert not (tmp_path / "full").exists()  # the folder the run made for itself goes with it
+    monkeypatch.undo()
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(files.os, "open", read_only)
+    with pytest.raises(FileError) as e:
+        RunLock(tmp_path).__enter__()
+    assert str(e.value) == f"cannot take the run's lock {tmp_path / '.lock'}: Read-only file system"
