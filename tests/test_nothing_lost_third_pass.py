@@ -98,3 +98,39 @@ def test_a_full_disk_or_a_read_only_folder_while_locking_names_the_lock_and_the_
     with pytest.raises(FileError) as e:
         RunLock(tmp_path).__enter__()
     assert str(e.value) == f"cannot take the run's lock {tmp_path / '.lock'}: Read-only file system"
+
+
+# --- 4. each message names the right file and the right cause ---
+
+@pytest.mark.parametrize("what, words", [("folder", "is a folder, not a file"), ("loop", "is a symlink loop"),
+                                         ("dangling", "is a symlink to ")])
+def test_a_checkpoint_path_that_is_not_a_file_is_named_for_what_it_is(what, words, tmp_path):
+    path = tmp_path / "ckpt"
+    if what == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(path if what == "loop" else tmp_path / "gone.pt")
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert str(e.value).startswith(f"checkpoint {path} {words}")
+    assert (what == "dangling") == ("does not exist" in str(e.value))
+
+
+def test_init_from_a_folder_is_named_a_folder(data_dir, tmp_path):
+    assert "is a folder, not a file" in one_line(data_dir, tmp_path / "out", "--stage", "var", "--init-from", tmp_path)
+
+
+def test_a_write_that_cannot_start_names_the_file_not_its_temporary(tmp_path, monkeypatch):
+    def read_only(dir, prefix, suffix):
+        raise OSError(errno.EROFS, "Read-only file system", os.path.join(dir, f"{prefix}abc{suffix}"))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    with pytest.raises(FileError) as e:
+        atomic_write(tmp_path / "x.png", lambda f: f.write(b"png"))
+    assert str(e.value) == f"cannot write {tmp_path / 'x.png'}: Read-only file system"
+
+
+def test_an_out_dir_that_is_a_dangling_symlink_says_so(data_dir, tmp_path):
+    (tmp_path / "out").symlink_to(tmp_path / "nowhere")
+    message = one_line(data_dir, tmp_path / "out", "--stage", "tokenizer")
+    assert f"{tmp_path / 'out'} is a symlink to {tmp_path / 'nowhere'}, which does not exist" in message

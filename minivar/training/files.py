@@ -6,6 +6,7 @@
   next write of the same file removes those whose process is gone (a killed write), and never
   one of a process still running (two programs writing the same file at the same moment each
   finish; the last rename wins). A full disk is said in one line; the previous file stays.
+  Every failure names the file meant (never the temporary) and the cause.
 - RunLock: while a run trains, it holds an exclusive lock on <out-dir>/.lock. A second run
   started on the same folder stops at once with one line, instead of both overwriting each
   other's checkpoints. The operating system drops the lock when the process ends, however it
@@ -41,11 +42,38 @@ def blocking_file(folder):
     return None
 
 
+def broken_link(path):
+    """What is wrong with `path` if it is a symlink that leads nowhere (dangling, or a loop), else None."""
+    path = Path(path)
+    if not path.is_symlink():
+        return None
+    try:
+        path.resolve(strict=True)
+    except FileNotFoundError:
+        return f"{path} is a symlink to {os.readlink(path)}, which does not exist"
+    except (RuntimeError, OSError):  # a loop: RuntimeError before Python 3.13, OSError (ELOOP) since
+        return f"{path} is a symlink loop"
+    return None
+
+
+def not_a_file(path):
+    """Why `path` cannot be read as a file, as a phrase naming it ("x is a folder"), or None if it can."""
+    path = Path(path)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return f"{path} is a folder, not a file"
+    return broken_link(path) or (f"{path} is not a regular file" if path.exists() else f"{path} does not exist")
+
+
 def make_folder(folder):
-    """mkdir -p, said in one line when a file is in the way or the disk refuses."""
+    """mkdir -p, said in one line when a file or a broken symlink is in the way or the disk refuses."""
     file = blocking_file(folder)
     if file is not None:
         raise FileError(f"cannot make the folder {folder}: {file} is a file")
+    for path in [Path(folder), *Path(folder).parents]:
+        if broken_link(path):  # mkdir would only say "File exists"
+            raise FileError(f"cannot make the folder {folder}: {broken_link(path)}")
     try:
         Path(folder).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -63,11 +91,16 @@ def _alive(pid):
 
 
 def remove_stale_temporaries(path):
-    """Remove <name>.<pid>.<random>.tmp files beside `path` whose writer is no longer running."""
+    """Remove <name>.<pid>.<random>.tmp files beside `path` whose writer is no longer running
+    (one that cannot be removed, in a folder this process may not change, is left as it is)."""
+    path = Path(path)
     for stale in path.parent.glob(f"{path.name}.*.tmp"):
         pid = stale.name[len(path.name) + 1:].split(".", 1)[0]
         if not pid.isdigit() or not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
+            try:
+                stale.unlink(missing_ok=True)
+            except OSError:
+                pass
 
 
 def _umask():
@@ -81,8 +114,9 @@ def atomic_write(path, write) -> None:
     path = Path(path)
     make_folder(path.parent)
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
+    tmp = None
+    try:  # (the temporary's own creation too: a read-only folder is said of `path`, not of the temporary)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.{os.getpid()}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -95,7 +129,7 @@ def atomic_write(path, write) -> None:
                             f"nothing was replaced: free some space and run again") from None
         raise FileError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
