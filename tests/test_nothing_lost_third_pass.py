@@ -100,6 +100,62 @@ def test_a_full_disk_or_a_read_only_folder_while_locking_names_the_lock_and_the_
     assert str(e.value) == f"cannot take the run's lock {tmp_path / '.lock'}: Read-only file system"
 
 
+# --- 2. the token cache is keyed by everything the tokens depend on ---
+
+def split(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def fast_tokens(tokenizer, images, device, flip=False, **kwargs):
+    """A stand-in for tokenize (what is tested here is the cache, not the encoder): ids that follow the pixels."""
+    L = sum(s * s for s in tokenizer.cfg.scales)
+    return (images.flip(3) if flip else images).flatten(1)[:, :L].to(torch.int16) % tokenizer.cfg.vocab_size
+
+
+def test_the_token_cache_sees_a_label_or_an_image_changed_past_the_first_64(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tokens, "tokenize", fast_tokens)
+    tokenizer = Tokenizer(TINY_TOKENIZER).eval()
+    train_data, test_data = split(100, 0), split(80, 1)
+    first = cached_tokens(tokenizer, tmp_path, train_data, test_data, torch.device("cpu"))
+
+    relabelled = (train_data[0], train_data[1].clone())
+    relabelled[1][-1] = (relabelled[1][-1] + 1) % 10  # the 100th label
+    second = cached_tokens(tokenizer, tmp_path, relabelled, test_data, torch.device("cpu"))
+    assert torch.equal(second[1], torch.cat([relabelled[1], relabelled[1]]))
+    assert "made by another tokenizer or from other data" in capsys.readouterr().err
+
+    repainted = (test_data[0].clone(), test_data[1])
+    repainted[0][-1] = 255 - repainted[0][-1]  # the 80th test image, inverted
+    expected = fast_tokens(tokenizer, repainted[0], "cpu")
+    assert not torch.equal(expected[-1], first[2][-1])  # (the change shows in its tokens)
+    third = cached_tokens(tokenizer, tmp_path, train_data, repainted, torch.device("cpu"))
+    assert torch.equal(third[2], expected)
+    assert len(list(tmp_path.glob("tokens-*.pt"))) == 3
+
+
+def test_the_token_cache_key_covers_the_tokenizer_settings_too():
+    """The same weights picking codes by another rule give other token maps."""
+    one = Tokenizer(TINY_TOKENIZER)
+    other = Tokenizer(TokenizerConfig(**{**asdict(TINY_TOKENIZER), "cosine_lookup": not TINY_TOKENIZER.cosine_lookup}))
+    other.load_state_dict(one.state_dict())
+    data = split(2, 0), split(2, 1)
+    assert tokens.cache_key(one, *data) != tokens.cache_key(other, *data)
+
+
+def test_stale_temporaries_beside_a_cache_are_removed_when_it_is_read(tmp_path, monkeypatch):
+    monkeypatch.setattr(tokens, "tokenize", fast_tokens)
+    tokenizer = Tokenizer(TINY_TOKENIZER).eval()
+    data = split(10, 0), split(5, 1)
+    cached_tokens(tokenizer, tmp_path, *data, torch.device("cpu"))
+    cache = next(tmp_path.glob("tokens-*.pt"))
+    dead, live = (tmp_path / f"{cache.name}.{pid}.abc.tmp" for pid in (dead_pid(), os.getpid()))
+    dead.write_bytes(b"half")
+    live.write_bytes(b"half")  # a writer still running: never touched
+    cached_tokens(tokenizer, tmp_path, *data, torch.device("cpu"))
+    assert not dead.exists() and live.exists()
+
+
 # --- 4. each message names the right file and the right cause ---
 
 @pytest.mark.parametrize("what, words", [("folder", "is a folder, not a file"), ("loop", "is a symlink loop"),
