@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image  # Pillow comes with matplotlib
 
 from minivar.applications.editing import MODES, edit, edit_region, edited_region
 from minivar.applications.rejection import generate_best_of
@@ -76,6 +77,18 @@ def parse_classes(text, num_classes):
     return ids
 
 
+def as_rgb(opened, spec):
+    """A Pillow image as 8-bit RGB. Pillow's own convert() clips 16-bit gray to 255 (a white
+    picture), so it is scaled first; pixels whose white is not known (32-bit, float) are refused."""
+    if opened.mode.startswith("I;16") or opened.mode == "I" and opened.format in ("PNG", "PPM"):  # 16-bit gray
+        gray = np.asarray(opened, dtype=np.float64) / 257  # 65535 is white, as 255 is: 257 = 65535 / 255
+        return Image.fromarray(gray.round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if opened.mode in ("I", "F"):
+        raise ValueError(f"--image {spec}: its pixels are {'32-bit integers' if opened.mode == 'I' else 'floats'} "
+                         "(white is not known for them); save it as an 8- or 16-bit image")
+    return opened.convert("RGB")  # 8 bits a channel (gray, palette, RGBA, CMYK, ...), and 16-bit RGB read as 8
+
+
 def load_source_image(spec, data_dir):
     """--image: a CIFAR-10 test index (its label too) or an image file (resized to 32×32; label None)."""
     if spec.isdigit():
@@ -83,13 +96,12 @@ def load_source_image(spec, data_dir):
         if int(spec) >= len(images):
             raise ValueError(f"--image {spec}: the test split has images 0 to {len(images) - 1}")
         return to_float(images[int(spec)][None]), int(labels[int(spec)])
-    from PIL import Image  # Pillow comes with matplotlib
     try:
         with Image.open(spec) as opened:  # reads the header only: the size is known before any pixel is decoded
             if opened.width * opened.height > 4096 * 4096:
                 raise ValueError(f"--image {spec}: {opened.width}×{opened.height} pixels is too large to read (at "
                                  "most 4096×4096; it is shrunk to 32×32 anyway)")
-            picture = opened.convert("RGB").resize((32, 32), Image.BICUBIC)
+            picture = as_rgb(opened, spec).resize((32, 32), Image.BICUBIC)
     except Image.DecompressionBombError:  # Pillow's own guard, on sizes beyond its limit
         raise ValueError(f"--image {spec}: too large to read (at most 4096×4096 pixels)") from None
     except OSError as e:

@@ -156,6 +156,27 @@ def test_stale_temporaries_beside_a_cache_are_removed_when_it_is_read(tmp_path, 
     assert not dead.exists() and live.exists()
 
 
+# --- 3. images are read in the mode they are ---
+
+@pytest.mark.parametrize("suffix, mode", [(".png", "I;16"), (".pgm", "I")])
+def test_a_16_bit_gray_image_reads_as_the_8_bit_gray_it_scales_to(suffix, mode, tmp_path):
+    gray8 = (np.arange(32 * 32).reshape(32, 32) // 4).astype(np.uint8)  # 0..255, white included
+    Image.fromarray(gray8).save(tmp_path / "gray8.png")
+    Image.fromarray(gray8.astype(np.uint16) * 257).save(tmp_path / f"gray16{suffix}")  # 255 -> 65535
+    assert Image.open(tmp_path / f"gray16{suffix}").mode == mode
+    read16, _ = sample.load_source_image(str(tmp_path / f"gray16{suffix}"), tmp_path)
+    read8, _ = sample.load_source_image(str(tmp_path / "gray8.png"), tmp_path)
+    assert torch.equal(read16, read8)
+
+
+@pytest.mark.parametrize("array, words", [(np.full((32, 32), 70_000, np.int32), "32-bit integers"),
+                                          (np.full((32, 32), 0.5, np.float32), "floats")])
+def test_pixels_whose_white_is_unknown_are_refused_in_one_line(array, words, tmp_path):
+    Image.fromarray(array).save(tmp_path / "deep.tiff")
+    with pytest.raises(ValueError, match=f"its pixels are {words}.*save it as an 8- or 16-bit image"):
+        sample.load_source_image(str(tmp_path / "deep.tiff"), tmp_path)
+
+
 # --- 4. each message names the right file and the right cause ---
 
 @pytest.mark.parametrize("what, words", [("folder", "is a folder, not a file"), ("loop", "is a symlink loop"),
