@@ -179,6 +179,22 @@ def test_pixels_whose_white_is_unknown_are_refused_in_one_line(array, words, tmp
 
 # --- 4. each message names the right file and the right cause ---
 
+def test_a_diverged_run_says_what_its_checkpoint_holds(tmp_path):
+    path = tmp_path / "var.pt"
+
+    def message():
+        with pytest.raises(Diverged) as e:
+            guard.stop("the loss was nan")
+        return str(e.value)
+
+    guard = DivergenceGuard("var", torch.nn.Linear(2, 2), torch.device("cpu"), 1e-3, path)
+    assert message().endswith(f"nothing was saved: {path} was never written")
+    save_checkpoint({"kind": "test"}, path)  # as if the run had saved a good step
+    assert message().endswith(f"{path} was not overwritten: it keeps the last good step")
+    guard = DivergenceGuard("var", torch.nn.Linear(2, 2), torch.device("cpu"), 1e-3, path)  # --force over it
+    assert message().endswith(f"{path} was not overwritten: it holds what it held before this run started")
+
+
 @pytest.mark.parametrize("what, words", [("folder", "is a folder, not a file"), ("loop", "is a symlink loop"),
                                          ("dangling", "is a symlink to ")])
 def test_a_checkpoint_path_that_is_not_a_file_is_named_for_what_it_is(what, words, tmp_path):
