@@ -19,8 +19,9 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while torch loads (a second or two): quit quietly
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
+if __name__ == "__main__":  # Ctrl-C (or SIGTERM) while torch loads (a second or two): quit quietly
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
 
 import re  # (the rest is imported after that handler, on purpose)
 from pathlib import Path
@@ -48,6 +49,7 @@ from minivar.training.cli import (
     positive_int,
     probability,
     seed,
+    sigterm_like_ctrl_c,
 )
 from minivar.training.device import autocast, pick_device
 from minivar.training.plots import save_sample_grid
@@ -217,7 +219,7 @@ def generate_in_batches(model, tokenizer, labels, reject, sampling):
 
 
 def main(argv=None):
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sigterm_like_ctrl_c()
     args = parse_args(argv)
     try:
         check_request(args)
@@ -248,6 +250,7 @@ def main(argv=None):
             raise
         sys.exit(f"error: out of memory while sampling ({str(e).splitlines()[0][:100]}); ask for fewer pictures")
     except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
         sys.exit(130)
     what = f"{args.edit} edits of image {args.image}" if args.edit else "samples" if args.reject == 1 else \
         f"samples, each the best of {args.reject} by the model's implicit classifier"
@@ -261,3 +264,4 @@ if __name__ == "__main__":
         main()
     finally:  # exiting: a further Ctrl-C has nothing left to stop
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -23,8 +23,9 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): quit quietly, nothing started
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
+if __name__ == "__main__":  # Ctrl-C (or SIGTERM) while the imports below load (a second or two): quit quietly
+    for _signal in (signal.SIGINT, signal.SIGTERM):  # (nothing started yet; no exception inside a half-done import)
+        signal.signal(_signal, lambda signum, frame: os._exit(130))
 
 import contextlib  # (the rest is imported after that handler, on purpose)
 import time
@@ -39,7 +40,7 @@ from minivar.flex_attention import fastest_attention
 from minivar.tokenizer import TokenizerConfig
 from minivar.training import distributed
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minivar.training.cli import StopSignal, is_out_of_memory
+from minivar.training.cli import StopSignal, is_out_of_memory, sigterm_like_ctrl_c
 from minivar.training.device import autocast, peak_memory_gib, pick_device, rng_state, seed_everything, set_rng_state
 from minivar.training.divergence import Diverged, DivergenceGuard
 from minivar.training.files import RunLock, blocking_file
@@ -229,7 +230,7 @@ def check_flags(cli, kinds):
 
 
 def main(argv=None):
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here on: KeyboardInterrupt, or StopSignal
+    sigterm_like_ctrl_c()  # Ctrl-C or SIGTERM from here on: KeyboardInterrupt, or StopSignal in the training loop
     cli = parse_args(__doc__, argv)
     stage = cli.pop("stage", "all")
     device_name, main_rank = None, distributed.world()[0] == 0
@@ -277,3 +278,4 @@ if __name__ == "__main__":
         main()
     finally:  # exiting: a further Ctrl-C has nothing left to stop (and would only interrupt the shutdown)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -227,3 +227,43 @@ def test_an_out_dir_that_is_a_dangling_symlink_says_so(data_dir, tmp_path):
     (tmp_path / "out").symlink_to(tmp_path / "nowhere")
     message = one_line(data_dir, tmp_path / "out", "--stage", "tokenizer")
     assert f"{tmp_path / 'out'} is a symlink to {tmp_path / 'nowhere'}, which does not exist" in message
+
+
+# --- SIGTERM ends every command as Ctrl-C does: one line, exit status 130 ---
+
+@pytest.fixture
+def sigterm_to_self(monkeypatch):
+    """A function that sends SIGTERM to this process, and waits for it to be handled. A command that
+    left Python's default (die at once, status 143, no line) would end the test run: this fixture's
+    own handler stands in for that default and fails the test instead."""
+    def unhandled(signum, frame):
+        raise AssertionError("SIGTERM was not handled by the command (Python's default: exit 143, no line)")
+
+    previous = {s: signal.signal(s, unhandled if s == signal.SIGTERM else signal.getsignal(s))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    yield lambda *args, **kwargs: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5))
+    for s, handler in previous.items():
+        signal.signal(s, handler)
+
+
+def test_sigterm_while_tokenizing_is_one_line_and_130(data_dir, tmp_path, monkeypatch, capsys, sigterm_to_self):
+    tokenizer = Tokenizer(TINY_TOKENIZER)
+    save_checkpoint({"kind": "tokenizer", "model": tokenizer.state_dict(), "model_config": asdict(TINY_TOKENIZER),
+                     "finished": True}, tmp_path / "out" / "tokenizer.pt")
+    monkeypatch.setattr(tokens, "tokenize", sigterm_to_self)
+    with pytest.raises(SystemExit) as e:
+        train.main(["--preset", "tiny", "--stage", "var", "--data-dir", str(data_dir), "--out-dir",
+                    str(tmp_path / "out")])
+    assert e.value.code == 130
+    assert capsys.readouterr().err.strip() == "interrupted; every checkpoint written so far is kept"
+
+
+def test_sigterm_during_the_fid_reference_statistics_is_one_line_and_130(data_dir, tmp_path, monkeypatch, capsys,
+                                                                         sigterm_to_self):
+    from minivar.studies import evaluate, metrics
+    monkeypatch.setattr(evaluate, "feature_network", lambda device: type("Net", (), {"dim": 8})())
+    monkeypatch.setattr(metrics, "features", sigterm_to_self)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--train", "--n", "2", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path),
+                       "--device", "cpu"])
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted; no FID was written"
