@@ -99,6 +99,9 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
     seed_everything(cfg.seed)
     with distributed.rank_zero_first():  # torchrun: one process downloads
         train_data = load_cifar10(cfg.data_dir, "train")
+    if cfg.train_images > len(train_data[0]) and "train_images" in cli:  # (a preset's subset may exceed small data)
+        raise ValueError(f"--train-images {cfg.train_images}: {cfg.data_dir} holds {len(train_data[0])} training "
+                         "images")
     if cfg.train_images:  # a subset (the tiny preset's VAR: 2,000 images, so that tokenizing takes seconds)
         train_data = tuple(t[:cfg.train_images] for t in train_data)
     test_data = load_cifar10(cfg.data_dir, "test", download=False)

@@ -229,6 +229,18 @@ def test_an_out_dir_that_is_a_dangling_symlink_says_so(data_dir, tmp_path):
     assert f"{tmp_path / 'out'} is a symlink to {tmp_path / 'nowhere'}, which does not exist" in message
 
 
+def test_resume_and_force_together_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["--resume", "--force", "--out-dir", str(tmp_path)])
+    assert e.value.code == 2 and "give one of them" in capsys.readouterr().err
+
+
+def test_more_training_images_than_the_data_holds_are_refused(data_dir, tmp_path):
+    message = one_line(data_dir, tmp_path / "out", "--stage", "tokenizer", "--perceptual-weight", "0",
+                       "--train-images", "100000")
+    assert message == f"error: --train-images 100000: {data_dir} holds 200 training images"
+
+
 # --- SIGTERM ends every command as Ctrl-C does: one line, exit status 130 ---
 
 @pytest.fixture
