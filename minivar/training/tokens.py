@@ -5,8 +5,8 @@ would waste most of a CPU's time, so each split is encoded once (training images
 both orientations: the flip augmentation, precomputed) and cached on disk in the
 output folder, keyed by everything the tokens depend on: the tokenizer's settings and
 weights, and every image and label of both splits. (Hashing all of CIFAR-10, 184 MB, takes
-about 0.1 s on a 2-core CPU: cheaper than one training step, and a relabelled or edited
-image anywhere in the data can never be trained on with its old tokens.)
+0.1-0.3 s on 2 CPU cores, measured roughly beside other jobs: far less than tokenizing, and a
+relabelled or edited image anywhere in the data is never trained on with its old tokens.)
 
 A sample's K token maps are stored flattened and concatenated (row-major within a
 scale, coarse to fine): one row of L = Σ s_k² ints, the same order as VAR's sequence.
