@@ -8,13 +8,13 @@ import torch
 from minivar.training.divergence import Diverged, DivergenceGuard
 
 
-def guarded_model():
+def guarded_model(ckpt_path="no-such-folder/var.pt"):
     """A linear layer whose largest weight is 1: the weight limit is 10⁴ × (1 + 1) = 20,000."""
     model = torch.nn.Linear(2, 2)
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[1.0, -0.5], [0.25, 0.0]]))
         model.bias.zero_()
-    return model, DivergenceGuard("var", model, torch.device("cpu"), 1e-2, "out/var.pt")
+    return model, DivergenceGuard("var", model, torch.device("cpu"), 1e-2, str(ckpt_path))
 
 
 def test_a_normal_step_and_weights_just_inside_the_limit_pass():
@@ -31,12 +31,25 @@ def test_a_normal_step_and_weights_just_inside_the_limit_pass():
 
 
 @pytest.mark.parametrize("thrown", [-21_000.0, 21_000.0, float("nan"), float("inf")])
-def test_weights_thrown_far_stop_the_run_while_the_loss_still_looks_fine(thrown):
-    model, guard = guarded_model()
+def test_weights_thrown_far_stop_the_run_while_the_loss_still_looks_fine(thrown, tmp_path):
+    """The checkpoint already on disk when the run started is what the message says is kept."""
+    ckpt = tmp_path / "var.pt"
+    ckpt.write_bytes(b"the previous run's checkpoint")
+    model, guard = guarded_model(ckpt)
     guard.watch(0, torch.tensor(1.5))  # the step's loss, computed before its update: fine
     with torch.no_grad():
         model.weight[0, 1] = thrown  # what that update did
-    with pytest.raises(Diverged, match=r"after step 1 the var weights reached .*was not overwritten"):
+    with pytest.raises(Diverged, match=r"after step 1 the var weights reached .*was not overwritten: it holds "
+                                       r"what it held before this run started"):
+        guard.check(1)
+    assert ckpt.read_bytes() == b"the previous run's checkpoint"
+
+
+def test_a_run_that_never_saved_says_so(tmp_path):
+    model, guard = guarded_model(tmp_path / "var.pt")
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(Diverged, match=r"nothing was saved: .*var.pt was never written"):
         guard.check(1)
 
 
