@@ -7,10 +7,11 @@ their code). So the tests run a GPU's precision path on a CPU.
 
 Whether bf16 is faster depends on the machine: on CUDA GPUs it is (their tensor cores), and
 --dtype auto takes it there. CPUs differ by far: on one with AMX (recent Intel Xeons) bf16
-matmuls run several times faster than fp32; on a CPU without bf16 instructions (the 2-core
-AMD EPYC this project is developed on) a bf16 matmul ran over 100 times slower than fp32
-(results/README.md). So on a CPU or MPS, auto times the stage's training step both ways
-and keeps the faster (after a quick matmul check that skips the timing where bf16 is hopeless).
+matmuls run several times faster than fp32; on a CPU without bf16 instructions (a 2-core
+AMD EPYC, Zen 3) the cpu preset's training step ran 19× slower in bf16 for VAR and 16× for
+the tokenizer (results/README.md, `python -m minivar.studies.bench step`). So on a CPU or
+MPS, auto times the stage's training step both ways and keeps the faster (after a quick
+matmul check that skips the timing where bf16 is hopeless).
 """
 import platform
 import random
