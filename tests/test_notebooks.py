@@ -110,10 +110,11 @@ def write_var_checkpoint(path, **extra):
 
 @pytest.fixture
 def places(tmp_path, monkeypatch):
-    """An empty run folder, no shipped model, a small fake CIFAR-10."""
+    """No run in the default run folder, no shipped model, a small fake CIFAR-10."""
     write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py", n_train=50, n_test=20)
     monkeypatch.setenv("MINIVAR_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MINIVAR_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.delenv("MINIVAR_OUT_DIR", raising=False)
+    monkeypatch.setattr(workspace, "DEFAULT_OUT", tmp_path / "out")
     monkeypatch.setattr(workspace, "SHIPPED", tmp_path / "checkpoints" / "var_cpu.pt")
     return tmp_path
 
@@ -142,6 +143,36 @@ def test_a_tokenizer_lesson_takes_your_tokenizer_alone(places):
     lesson = workspace.lesson_setup("tokenizer")
     assert lesson.source.startswith("your run") and lesson.model is None and lesson.tokenizer.cfg.scales == (2, 8)
     assert workspace.lesson_setup("var").source.startswith("the shipped model")  # a VAR lesson needs a var.pt
+
+
+def test_a_relative_out_dir_is_read_from_the_project_root_not_from_notebooks(places, monkeypatch):
+    """`MINIVAR_OUT_DIR=out-euclid jupyter lab notebooks/`: the kernel runs in notebooks/, the run is in ./out-euclid."""
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    write_var_checkpoint(places / "out-mine" / "var.pt")
+    (places / "notebooks").mkdir()
+    monkeypatch.chdir(places / "notebooks")
+    monkeypatch.setattr(workspace, "ROOT", places)
+    monkeypatch.setenv("MINIVAR_OUT_DIR", "out-mine")
+    lesson = workspace.lesson_setup("var")
+    assert lesson.source == "your run (out-mine/var.pt)"
+
+
+@pytest.mark.parametrize("need", ["var", "tokenizer"])
+def test_a_named_out_dir_without_a_run_is_an_error_not_the_shipped_model(places, monkeypatch, need):
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    (places / "out-empty").mkdir()
+    monkeypatch.setattr(workspace, "ROOT", places)
+    monkeypatch.setenv("MINIVAR_OUT_DIR", "out-empty")
+    with pytest.raises(FileNotFoundError, match="MINIVAR_OUT_DIR=out-empty names out-empty, which holds no"):
+        workspace.lesson_setup(need)
+
+
+def test_the_data_notice_is_one_line_that_points_to_where_it_is_explained(places, capsys):
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    lesson = workspace.lesson_setup("var")  # the fake CIFAR-10 is not the official release
+    out = capsys.readouterr().out
+    assert lesson.data_differs and "official release" not in out.replace("the official release's", "")
+    assert sum("official" in line for line in out.splitlines()) == 1 and "notebook 01" in out
 
 
 # --- running them (slow) ---
