@@ -16,6 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the project's folder: minivar/training/workspace.py
 SHIPPED = ROOT / "checkpoints" / "var_cpu.pt"  # VAR and its tokenizer, half-precision weights
+SHIPPED_CLASSIFIER = ROOT / "checkpoints" / "perceptual_cpu.pt"  # the perceptual loss's CIFAR-10 classifier
 DEFAULT_DATA, DEFAULT_OUT = ROOT / "data", ROOT / "out"  # train.py's --data-dir and --out-dir, from the root
 
 
@@ -102,7 +103,7 @@ def lesson_setup(need="var"):
         if line not in differs:
             print(line)
     if differs:  # said once, in one line; notebook 01 explains it
-        print(f"data: CIFAR-10 from {_shown(data_dir())}, whose files are not byte for byte the official release's "
+        print(f"data: CIFAR-10 read from {_shown(data_dir())}/; its files are not byte for byte the official release's "
               "(notebook 01, section 'The data', says what differs and why it does not matter here)")
     model = model if need == "var" else None
     source = ("a tiny model trained just now" if tiny else "the shipped model" if path == SHIPPED else "your run") + \
@@ -116,15 +117,32 @@ def lesson_setup(need="var"):
                            data_differs=bool(differs))
 
 
+def shipped_classifier(path=None):
+    """The small CIFAR-10 classifier shipped in checkpoints/ (the one `python train.py --stage
+    perceptual --preset cpu` trains for the perceptual loss; not the Inception network FID uses),
+    loaded with weights_only=True and frozen, on the CPU. It judges samples with a network other
+    than the model that drew them."""
+    import torch
+
+    from minivar.training.checkpoint import load_checkpoint
+    from minivar.training.sharpness import frozen_classifier
+
+    ckpt = load_checkpoint(path or SHIPPED_CLASSIFIER, "perceptual")
+    return frozen_classifier(ckpt["model_config"], ckpt["model"], torch.device("cpu"))
+
 
 def _shown(path) -> str:
-    """A path as notebooks print it, never this machine's absolute path: relative to the project,
-    else to the folder $MINIVAR_OUT_DIR or $MINIVAR_DATA_DIR names."""
-    path = Path(path).resolve()
-    named = ((ROOT, "."), (out_dir().resolve(), "$MINIVAR_OUT_DIR"), (data_dir().resolve(), "$MINIVAR_DATA_DIR"))
-    for folder, name in named:
-        if path.is_relative_to(folder):
-            return str(Path(name) / path.relative_to(folder)) if path != folder else name
+    """A path as notebooks print it, never this machine's absolute path: relative to the project
+    (./data even where it is a link to a folder elsewhere), else to the folder $MINIVAR_OUT_DIR or
+    $MINIVAR_DATA_DIR names."""
+    named = [(ROOT, ".")] + [(folder(), f"${name}") for name, folder in
+                             (("MINIVAR_OUT_DIR", out_dir), ("MINIVAR_DATA_DIR", data_dir)) if os.environ.get(name)]
+    path = Path(path).absolute()
+    for candidate in (path, path.resolve()):  # as named first, then with its links followed
+        for folder, name in named:
+            for base in (folder.absolute(), folder.resolve()):
+                if candidate.is_relative_to(base):
+                    return str(Path(name) / candidate.relative_to(base)) if candidate != base else name
     return f"<{path.name}>"
 
 
