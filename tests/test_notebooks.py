@@ -1,12 +1,15 @@
-"""The notebooks: the committed files carry real outputs (fast checks), and every notebook runs top
-to bottom in fast mode (MINIVAR_FAST=1), its figures drawn and its own `assert` cells passing (slow).
+"""The notebooks: the committed files carry real outputs, produced by the committed source (the drift
+guard: notebooks/execute.py stamps every code cell with the hash of the source it ran), fast checks;
+and every notebook runs top to bottom in fast mode (MINIVAR_FAST=1), its figures drawn and its own
+`assert` cells passing (slow).
 
-The lesson notebooks (01, 02, 03, 06) state claims in prose and check them with `assert`s in
+The lesson notebooks (01, 02, 03, 04, 07) state claims in prose and check them with `assert`s in
 their cells, so a broken claim fails the notebook, and the notebook fails here. They read real
 CIFAR-10 where a user keeps it ($MINIVAR_DATA_DIR, else ./data) when it is there, else a tiny
 synthetic copy; their model comes from workspace.lesson_setup (your run, else the shipped model,
 else a tiny one trained on the spot).
 """
+import hashlib
 import re
 
 import pytest
@@ -21,7 +24,7 @@ nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev e
 nbclient = pytest.importorskip("nbclient", reason="notebook tests need the dev extra: pip install -e '.[dev]'")
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-LESSONS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "06")]
+LESSONS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04", "07")]
 PLOTS = re.compile(r"\bplt\.(show|imshow|plot|bar|subplots|figure)\b|\.imshow\(|\bdisplay\(")  # code that draws
 MACHINE_PATH = re.compile(r"(?<![\w.])/(work|root|home|Users|tmp|private|mnt)/")  # this machine's absolute paths
 
@@ -47,9 +50,9 @@ def output_text(cell):
     return "".join(parts)
 
 
-def test_notebooks_are_numbered_01_to_07():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
-    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "06"]
+def test_notebooks_are_numbered_01_to_08():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "04", "07"]
 
 
 # --- the committed files (fast) ---
@@ -63,6 +66,60 @@ def test_committed_notebook_was_run_and_shows_its_figures(path):
     assert not errors, f"code cells {errors} end in an error"
     blank = [i for i, c in enumerate(cells) if PLOTS.search(c.source) and not images(c)]
     assert not blank, f"code cells {blank} draw a figure, but their committed outputs hold no image"
+
+
+def stale_cells(nb):
+    """Code cells whose source is not the one their outputs came from: the SHA-256 notebooks/execute.py
+    recorded when it ran the cell differs from the source's now, or there is none (run another way)."""
+    return [i for i, cell in enumerate(code_cells(nb))
+            if cell.metadata.get("minivar", {}).get("source_sha256") != hashlib.sha256(cell.source.encode()).hexdigest()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
+def test_every_output_comes_from_the_committed_source(path):
+    nb = nbformat.read(path, as_version=4)
+    command = f"python notebooks/execute.py notebooks/{path.name}"
+    assert nb.metadata.get("minivar", {}).get("mode") == "full", f"not run in full mode by the script: {command}"
+    stale = stale_cells(nb)
+    assert not stale, f"code cells {stale} changed since their outputs were produced; run them again: {command}"
+    counts = [c.execution_count for c in code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1)), f"not run top to bottom in one kernel: {command}"
+
+
+def test_the_drift_guard_catches_a_cell_edited_without_running_it_again():
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    assert stale_cells(nb) == []
+    code_cells(nb)[2].source += "\nprint('a line added in an editor, never run')"
+    assert stale_cells(nb) == [2]
+    del code_cells(nb)[0].metadata["minivar"]  # run in Jupyter and saved: outputs, but no stamp
+    assert stale_cells(nb) == [0, 2]
+
+
+def test_execute_runs_a_notebook_in_full_mode_and_stamps_each_cell(tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("execute", ROOT / "notebooks" / "execute.py")
+    execute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute)
+    monkeypatch.setenv("MINIVAR_FAST", "1")  # the script runs notebooks in full mode whatever the caller's setting
+    path = tmp_path / "two_cells.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.environ.get('MINIVAR_FAST'))"),
+                                                   nbformat.v4.new_markdown_cell("text"),
+                                                   nbformat.v4.new_code_cell("x = 1 + 1\nx")]), path)
+    execute.execute(path)
+    nb = nbformat.read(path, as_version=4)
+    assert output_text(code_cells(nb)[0]) == "None\n" and output_text(code_cells(nb)[1]) == "2"
+    assert stale_cells(nb) == [] and nb.metadata["minivar"]["mode"] == "full" and nb.metadata["minivar"]["seconds"] >= 0
+    assert [c.execution_count for c in code_cells(nb)] == [1, 2]
+
+
+def test_the_readme_lists_each_notebooks_full_run_time_as_measured():
+    """README.md's table of notebooks gives each one's run time: the seconds execute.py recorded, in minutes."""
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        seconds = nbformat.read(path, as_version=4).metadata["minivar"]["seconds"]
+        row = re.search(rf"^\| \[`{re.escape(path.name)}`\].*\| ([\d.]+) min \|$", readme, re.M)
+        assert row, f"README.md has no row for {path.name}"
+        assert row.group(1) == f"{seconds / 60:.1f}", (path.name, row.group(1), seconds)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
