@@ -19,14 +19,16 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while torch loads (a second or two): quit quietly
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
+if __name__ == "__main__":  # Ctrl-C (or SIGTERM) while torch loads (a second or two): quit quietly
+    for _signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signal, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
 
 import re  # (the rest is imported after that handler, on purpose)
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image  # Pillow comes with matplotlib
 
 from minivar.applications.editing import MODES, edit, edit_region, edited_region
 from minivar.applications.rejection import generate_best_of
@@ -47,6 +49,7 @@ from minivar.training.cli import (
     positive_int,
     probability,
     seed,
+    sigterm_like_ctrl_c,
 )
 from minivar.training.device import DTYPES, autocast, choose_dtype, pick_device
 from minivar.training.plots import save_sample_grid
@@ -76,6 +79,18 @@ def parse_classes(text, num_classes):
     return ids
 
 
+def as_rgb(opened, spec):
+    """A Pillow image as 8-bit RGB. Pillow's own convert() clips 16-bit gray to 255 (a white
+    picture), so it is scaled first; pixels whose white is not known (32-bit, float) are refused."""
+    if opened.mode.startswith("I;16") or opened.mode == "I" and opened.format in ("PNG", "PPM"):  # 16-bit gray
+        gray = np.asarray(opened, dtype=np.float64) / 257  # 65535 is white, as 255 is: 257 = 65535 / 255
+        return Image.fromarray(gray.round().clip(0, 255).astype(np.uint8)).convert("RGB")
+    if opened.mode in ("I", "F"):
+        raise ValueError(f"--image {spec}: its pixels are {'32-bit integers' if opened.mode == 'I' else 'floats'} "
+                         "(white is not known for them); save it as an 8- or 16-bit image")
+    return opened.convert("RGB")  # 8 bits a channel (gray, palette, RGBA, CMYK, ...), and 16-bit RGB read as 8
+
+
 def load_source_image(spec, data_dir):
     """--image: a CIFAR-10 test index (its label too) or an image file (resized to 32×32; label None)."""
     if spec.isdigit():
@@ -83,13 +98,12 @@ def load_source_image(spec, data_dir):
         if int(spec) >= len(images):
             raise ValueError(f"--image {spec}: the test split has images 0 to {len(images) - 1}")
         return to_float(images[int(spec)][None]), int(labels[int(spec)])
-    from PIL import Image  # Pillow comes with matplotlib
     try:
         with Image.open(spec) as opened:  # reads the header only: the size is known before any pixel is decoded
             if opened.width * opened.height > 4096 * 4096:
                 raise ValueError(f"--image {spec}: {opened.width}×{opened.height} pixels is too large to read (at "
                                  "most 4096×4096; it is shrunk to 32×32 anyway)")
-            picture = opened.convert("RGB").resize((32, 32), Image.BICUBIC)
+            picture = as_rgb(opened, spec).resize((32, 32), Image.BICUBIC)
     except Image.DecompressionBombError:  # Pillow's own guard, on sizes beyond its limit
         raise ValueError(f"--image {spec}: too large to read (at most 4096×4096 pixels)") from None
     except OSError as e:
@@ -207,7 +221,7 @@ def generate_in_batches(model, tokenizer, labels, reject, sampling):
 
 
 def main(argv=None):
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    sigterm_like_ctrl_c()
     args = parse_args(argv)
     try:
         check_request(args)
@@ -239,6 +253,7 @@ def main(argv=None):
             raise
         sys.exit(f"error: out of memory while sampling ({str(e).splitlines()[0][:100]}); ask for fewer pictures")
     except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
         sys.exit(130)
     what = f"{args.edit} edits of image {args.image}" if args.edit else "samples" if args.reject == 1 else \
         f"samples, each the best of {args.reject} by the model's implicit classifier"
@@ -252,3 +267,4 @@ if __name__ == "__main__":
         main()
     finally:  # exiting: a further Ctrl-C has nothing left to stop
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -23,8 +23,9 @@ import os
 import signal
 import sys
 
-if __name__ == "__main__":  # Ctrl-C while the imports below load (a second or two): quit quietly, nothing started
-    signal.signal(signal.SIGINT, lambda signum, frame: os._exit(130))  # (no exception inside a half-done import)
+if __name__ == "__main__":  # Ctrl-C (or SIGTERM) while the imports below load (a second or two): quit quietly
+    for _signal in (signal.SIGINT, signal.SIGTERM):  # (nothing started yet; no exception inside a half-done import)
+        signal.signal(_signal, lambda signum, frame: os._exit(130))
 
 import contextlib  # (the rest is imported after that handler, on purpose)
 import time
@@ -39,7 +40,7 @@ from minivar.flex_attention import fastest_attention, use_flex
 from minivar.tokenizer import TokenizerConfig
 from minivar.training import distributed
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from minivar.training.cli import StopSignal, is_out_of_memory
+from minivar.training.cli import StopSignal, is_out_of_memory, sigterm_like_ctrl_c
 from minivar.training.device import autocast, choose_dtype, peak_memory_gib, pick_device, rng_state, time_one_step
 from minivar.training.device import seed_everything, set_rng_state
 from minivar.training.divergence import Diverged, DivergenceGuard
@@ -94,6 +95,9 @@ def train_stage(kind, cli: dict, resume: bool, device_name=None):
     seed_everything(cfg.seed)
     with distributed.rank_zero_first():  # torchrun: one process downloads
         train_data = load_cifar10(cfg.data_dir, "train")
+    if cfg.train_images > len(train_data[0]) and "train_images" in cli:  # (a preset's subset may exceed small data)
+        raise ValueError(f"--train-images {cfg.train_images}: {cfg.data_dir} holds {len(train_data[0])} training "
+                         "images")
     if cfg.train_images:  # a subset (the tiny preset's VAR: 2,000 images, so that tokenizing takes seconds)
         train_data = tuple(t[:cfg.train_images] for t in train_data)
     test_data = load_cifar10(cfg.data_dir, "test", download=False)
@@ -242,7 +246,7 @@ def check_flags(cli, kinds):
 
 
 def main(argv=None):
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C from here on: KeyboardInterrupt, or StopSignal
+    sigterm_like_ctrl_c()  # Ctrl-C or SIGTERM from here on: KeyboardInterrupt, or StopSignal in the training loop
     cli = parse_args(__doc__, argv)
     stage = cli.pop("stage", "all")
     device_name, main_rank = None, distributed.world()[0] == 0
@@ -290,3 +294,4 @@ if __name__ == "__main__":
         main()
     finally:  # exiting: a further Ctrl-C has nothing left to stop (and would only interrupt the shutdown)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)

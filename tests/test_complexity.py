@@ -65,6 +65,21 @@ def test_closed_forms_for_ar():
     assert count("ar_cache", 10)["steps"] == N and count("var_cache", 16)["steps"] == 10
 
 
+@pytest.mark.parametrize("sampler, tokens, pairs", [("var_cache", 1 + 4, 1 * 1 + 4 * 5),
+                                                     ("var_nocache", 1 + 5, 1 * 1 + (1 * 1 + 4 * 5))])
+def test_tokens_and_flops_of_a_2x2_map_by_hand(sampler, tokens, pairs):
+    """n = 2: scales 1 and 2, steps of 1 and 4 tokens. With a cache step 2 runs its 4 tokens against 5
+    keys; without one it reruns all 5 under the mask. A token costs 2 FLOPs per weight of each layer
+    (qkv 3·D², projection D², MLP up and down 2·4·D²), a pair 2·D for q·k and 2·D for the sum of v;
+    the head makes V logits for each of the 1 + 4 new tokens."""
+    D, depth, V = 2, 3, 5
+    counted = count(sampler, 2, dim=D, depth=depth, vocab=V)
+    linear = 2 * (3 * D * D + D * D + 2 * 4 * D * D) * depth * tokens + 2 * D * V * 5
+    attention = 4 * D * depth * pairs
+    assert counted == {"steps": 2, "tokens": tokens, "attention_pairs": pairs, "attention_flops": attention,
+                       "linear_flops": linear, "total_flops": attention + linear}
+
+
 def test_attention_slopes_are_6_4_4_4():
     ns = [8, 12, 16, 24, 32, 48, 64]
     slopes = {s: fit_slope(ns, [count(s, n)["attention_flops"] for n in ns]) for s in SAMPLERS}

@@ -5,7 +5,7 @@ import tarfile
 import pytest
 import torch
 
-from minivar.data import Batches, DataError, download_cifar10, load_cifar10
+from minivar.data import Batches, DataError, EpochSampler, download_cifar10, load_cifar10, to_float, to_uint8
 from tests.conftest import write_fake_cifar
 
 
@@ -50,6 +50,36 @@ def test_ranks_get_disjoint_halves(fake_data_dir):
     whole = Batches(x, y, 40, "cpu", seed=0, flip=False).batch(2)[0]
     halves = [Batches(x, y, 40, "cpu", seed=0, flip=False, rank=r, world_size=2).batch(2)[0] for r in range(2)]
     assert torch.equal(torch.cat(halves), whole)
+
+
+def test_uint8_to_float_maps_0_and_255_exactly_onto_minus_one_and_one():
+    levels = [0, 1, 127, 128, 254, 255]
+    got = to_float(torch.tensor(levels, dtype=torch.uint8))
+    assert got.dtype == torch.float32 and got[0] == -1 and got[-1] == 1
+    assert torch.allclose(got, torch.tensor([2 * v / 255 - 1 for v in levels]), atol=1e-6)
+
+
+def test_float_to_uint8_clamps_outside_minus_one_one_and_rounds_to_the_nearest_level():
+    outside = torch.tensor([-30.0, -1.5, -1.0001, -1.0, 1.0, 1.0001, 1.5, 30.0])  # a decoder's output can overshoot
+    assert to_uint8(outside).dtype == torch.uint8 and to_uint8(outside).tolist() == [0] * 4 + [255] * 4
+    levels = torch.arange(256.0)
+    for fraction, up in ((0.3, 0.0), (0.7, 1.0)):  # level v + 0.3 rounds to v, v + 0.7 to v + 1 (255 at most)
+        x = (levels + fraction) / 127.5 - 1
+        assert torch.equal(to_uint8(x), (levels + up).clamp(max=255).to(torch.uint8)), fraction
+    assert torch.equal(to_uint8(levels / 127.5 - 1), levels.to(torch.uint8))  # every level comes back as itself
+
+
+def test_each_epoch_is_a_new_permutation_in_whole_batches_and_any_step_can_be_asked_first():
+    """10 rows in batches of 3: 3 batches an epoch, one row left out of each (the ragged batch is
+    dropped). A sampler made fresh at any step (a resumed run) gives what a walking one gave."""
+    walked = EpochSampler(10, 3, seed=4)
+    batches = [walked.indices(step) for step in range(9)]  # three epochs, in order
+    assert all(len(b) == 3 for b in batches)
+    epochs = [torch.cat(batches[3 * e:3 * e + 3]).tolist() for e in range(3)]
+    assert all(len(set(rows)) == 9 and set(rows) <= set(range(10)) for rows in epochs)  # no row twice in an epoch
+    assert epochs[0] != epochs[1] and epochs[1] != epochs[2]
+    for step in (1, 4, 8):  # mid-epoch, in the second and third epochs
+        assert torch.equal(EpochSampler(10, 3, seed=4).indices(step), batches[step])
 
 
 def _tarball(tmp_path):

@@ -37,6 +37,25 @@ def test_each_update_moves_the_average_by_one_minus_d_towards_the_weights():
     assert not ema.model.weight.requires_grad  # the average is never trained
 
 
+def test_the_average_is_a_separate_copy_holding_the_model_s_buffers():
+    """Buffers are not learned (VAR's mask and scale index): the average holds the model's own, copied
+    once, and sampling from it sees the same mask. Its weights are its own tensors, not the model's."""
+    from minivar.var import VAR, VARConfig
+    torch.manual_seed(0)
+    model = VAR(VARConfig(scales=(1, 2, 3), vocab_size=16, latent_dim=4, dim=8, depth=1, heads=2))
+    ema = EMA(model, decay=0.9)
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update(model, step)
+    buffers = dict(model.named_buffers())
+    assert buffers.keys() == dict(ema.model.named_buffers()).keys() == {"mask_LL", "level_L"}
+    assert all(torch.equal(b, buffers[n]) for n, b in ema.model.named_buffers())
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(ema.model.parameters(), model.parameters()))
+    assert all(not torch.equal(a, b) for a, b in zip(ema.model.parameters(), model.parameters()))  # it lags
+
+
 def test_a_bad_decay_is_refused():
     with pytest.raises(ValueError, match="decay"):
         EMA(torch.nn.Linear(1, 1), 1.0)

@@ -1,8 +1,11 @@
-"""FID: the Fréchet distance against hand-computable cases; the real Inception where installed."""
+"""FID: the Fréchet distance against hand-computable cases and numpy's statistics; what Inception is
+handed (resized to 299×299, scaled as (x − 128)/128), seen through a stand-in network that returns
+its input; the real Inception where installed."""
 import numpy as np
 import pytest
 import torch
 
+from minivar.studies import metrics
 from minivar.studies.metrics import MetricsError, fid_from_features, frechet_distance, inception_path, statistics
 
 
@@ -32,6 +35,55 @@ def test_fid_of_a_set_with_itself_is_zero_and_a_shift_is_its_square():
     assert mu.shape == (16,) and sigma.shape == (16, 16)
     with pytest.raises(MetricsError):
         statistics(x[:1])
+
+
+def test_statistics_are_numpys_mean_and_unbiased_covariance():
+    x = np.random.default_rng(2).normal(size=(7, 3))
+    mu, sigma = statistics(x)
+    assert np.allclose(mu.numpy(), x.mean(0)) and np.allclose(sigma.numpy(), np.cov(x, rowvar=False))
+    assert np.allclose(sigma.numpy(), (x - x.mean(0)).T @ (x - x.mean(0)) / 6)  # divided by N − 1, as numpy does
+
+
+class Identity(torch.nn.Module):
+    def forward(self, x):
+        return x
+
+
+@pytest.fixture
+def what_inception_sees(tmp_path, monkeypatch):
+    """InceptionFeatures loading, instead of Inception, a TorchScript network that returns its input:
+    its "features" are the images exactly as Inception would get them, B×3×299×299."""
+    torch.jit.script(Identity()).save(str(tmp_path / "identity.pt"))
+    monkeypatch.setattr(metrics, "inception_path", lambda: tmp_path / "identity.pt")
+    network = metrics.InceptionFeatures(torch.device("cpu"))
+    return lambda images_uint8: network(images_uint8).view(-1, 3, 299, 299)
+
+
+def bilinear_by_hand(n_out, n_in):
+    """n_out×n_in matrix of bilinear resizing with pixel centres aligned (align_corners=False): output
+    pixel i reads the input at (i + 0.5)·n_in/n_out − 0.5 (at least 0), between its two neighbours."""
+    at = ((torch.arange(n_out) + 0.5) * n_in / n_out - 0.5).clamp(min=0).double()
+    left = at.floor().long().clamp(max=n_in - 1)
+    right = (left + 1).clamp(max=n_in - 1)
+    W = torch.zeros(n_out, n_in, dtype=torch.float64)
+    W[torch.arange(n_out), left] += 1 - (at - left)
+    W[torch.arange(n_out), right] += at - left
+    return W
+
+
+def test_inception_gets_pixels_scaled_as_x_minus_128_over_128(what_inception_sees):
+    """Flat images: 0 -> −1, 128 -> 0, 255 -> 127/128 (the TF-Inception convention, not [0, 1], not v/127.5 − 1)."""
+    levels = torch.tensor([0, 128, 255], dtype=torch.uint8)
+    seen = what_inception_sees(levels[:, None, None, None].expand(3, 3, 32, 32))
+    for image, value in zip(seen, [-1.0, 0.0, 127 / 128]):
+        assert torch.allclose(image, torch.full_like(image, value), atol=1e-6)
+
+
+def test_inception_gets_images_resized_bilinearly_to_299(what_inception_sees):
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    W = bilinear_by_hand(299, 32)
+    expected = (W @ images.double() @ W.T - 128) / 128  # rows, then columns
+    assert torch.allclose(what_inception_sees(images).double(), expected, atol=1e-4)
 
 
 def test_real_inception_gives_2048_features_where_installed():

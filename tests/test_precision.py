@@ -145,3 +145,22 @@ def test_auto_keeps_the_faster_step_where_bf16_matmuls_are_not_hopeless(faster, 
     monkeypatch.setattr("minivar.training.device.bf16_matmul_slowdown", lambda device: 30.0)
     dtype, why = choose_dtype("auto", CPU, time_step=lambda d: pytest.fail("timed a hopeless bf16 step"))
     assert dtype == "fp32" and "30x slower" in why
+
+
+def test_timing_a_step_for_auto_leaves_the_run_as_it_was(tmp_path):
+    """--dtype auto times real training steps before the run starts: no trace of them may remain (the
+    code counts the tokenizer keeps, gradients, the random state), or the run would differ from one
+    started with the dtype typed."""
+    from types import SimpleNamespace
+
+    from minivar.training.device import time_one_step
+    from minivar.training.stages import TokenizerStage
+    images, labels = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.arange(32) % 10
+    run = SimpleNamespace(batch_size=8, seed=0, eval_images=8, reseed_every=100, lr=1e-3)
+    stage = TokenizerStage(run, TokenizerConfig(widths=(8, 16, 16), vocab_size=32, latent_dim=8, perceptual_weight=0),
+                           (images, labels), (images, labels), CPU)
+    stage.model.quantizer.hits_KV[0, 3] = 5.0
+    hits, rng = stage.model.quantizer.hits_KV.clone(), torch.get_rng_state()
+    assert all(time_one_step(stage, dtype, repeats=1) > 0 for dtype in ("fp32", "bf16"))
+    assert torch.equal(stage.model.quantizer.hits_KV, hits) and torch.equal(torch.get_rng_state(), rng)
+    assert all(p.grad is None for p in stage.model.parameters())

@@ -1,6 +1,8 @@
 """The sampler (sampling.py): temperature, top-k and top-p on fixed logits give exactly the
-allowed set and the probabilities worked out here by hand; the draw follows them; the KV
-cache returns every key and value stored so far."""
+allowed set and the probabilities worked out here by hand, whatever the order of the logits;
+the draw follows them; the KV cache returns every key and value stored so far."""
+import itertools
+
 import pytest
 import torch
 
@@ -45,6 +47,25 @@ def test_temperature_comes_before_top_p_and_top_k_before_top_p():
     assert torch.allclose(sampling_probs(LOGITS, temperature=2.0, top_p=0.7)[0, 0],
                           by_hand(P, 2.0, keep=[0, 1, 2]), atol=1e-6)
     assert torch.allclose(sampling_probs(LOGITS, top_k=2, top_p=0.6)[0, 0], by_hand(P, keep=[0]), atol=1e-6)
+
+
+FILTERS = [  # (settings, the tokens they keep, the temperature), all worked out above on P in sorted order
+    (dict(temperature=2.0), None, 2.0), (dict(top_k=1), [0], 1.0), (dict(top_k=2), [0, 1], 1.0),
+    (dict(top_k=3), [0, 1, 2], 1.0), (dict(top_p=0.3), [0], 1.0), (dict(top_p=0.74), [0, 1], 1.0),
+    (dict(top_p=0.76), [0, 1, 2], 1.0), (dict(temperature=2.0, top_p=0.7), [0, 1, 2], 2.0),
+    (dict(top_k=2, top_p=0.6), [0], 1.0), (dict(top_k=3, top_p=0.74), [0, 1], 1.0),
+]
+
+
+@pytest.mark.parametrize("settings, keep, temperature", FILTERS,
+                         ids=["-".join(f"{k}={v}" for k, v in f[0].items()) for f in FILTERS])
+def test_every_filter_follows_the_tokens_whatever_their_order_in_the_vocabulary(settings, keep, temperature):
+    """Real logits are not sorted. Position i holds P's tokens in the i-th of all 24 orders of 4:
+    its probabilities must be the hand-worked ones of the sorted case, put in that same order."""
+    orders = torch.tensor(list(itertools.permutations(range(4))))  # 24×4
+    logits = P.log()[orders][None]  # 1×24×4: token j of position i has probability P[orders[i, j]]
+    expected = by_hand(P, temperature, keep)[orders][None]
+    assert torch.allclose(sampling_probs(logits, **settings), expected, atol=1e-6)
 
 
 def test_every_position_has_its_own_distribution():

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minivar.quantizer import flatten_scales
+from minivar.quantizer import MultiScaleQuantizer, flatten_scales
 from minivar.tokenizer import Tokenizer, TokenizerConfig, psnr
 from minivar.training.codebook import reseed_dead_codes
 from minivar.var import VAR, VARConfig
@@ -100,6 +100,32 @@ def test_single_scale_is_a_plain_vqvae():
     assert len(idx) == 1 and idx[0].shape == (4, 8, 8)
     f = tok.encoder(x)
     assert torch.equal(idx[0], tok.quantizer.nearest_code(f))  # plain nearest-code lookup
+
+
+def test_dead_codes_move_onto_residuals_that_the_live_codes_leave():
+    """Codes 8-15 were picked by no scale (0-7 each by one): each dead code moves onto a residual vector
+    of this batch at some scale, the residual the live codes alone leave (a dead code must not explain
+    part of f while it is replaced). Worked here: block means of what is left, its nearest live code by
+    direction, that code's contribution subtracted. The live codes stay and the count restarts."""
+    torch.manual_seed(0)
+    q = MultiScaleQuantizer(vocab_size=16, dim=4, scales=(1, 2, 4))
+    f = torch.randn(3, 4, 4, 4)
+    live = torch.arange(8)
+    with torch.no_grad():
+        q.codebook.weight[8:11] = f.mean((2, 3))  # dead codes that match the 1×1 residuals exactly
+        q.hits_KV[live % 3, live] = 1.0
+        before = q.codebook.weight.clone()
+        pool, rest = [], f
+        for k, side in enumerate(q.scales):
+            u_NC = F.avg_pool2d(rest, 4 // side).permute(0, 2, 3, 1).reshape(-1, 4)
+            pool.append(u_NC)
+            nearest = (F.normalize(u_NC, dim=1) @ F.normalize(before[live], dim=1).T).argmax(1)
+            rest = rest - q.embed(live[nearest].view(3, side, side), k)
+    dead = reseed_dead_codes(q, f, noise=0.0)
+    assert dead.tolist() == list(range(8, 16))
+    assert torch.equal(q.codebook.weight[:8], before[:8]) and q.hits_KV.sum() == 0
+    gap = (q.codebook.weight[8:, None].detach() - torch.cat(pool)[None]).abs().amax(-1).min(1).values  # to the nearest
+    assert gap.max() < 1e-5
 
 
 @pytest.mark.slow

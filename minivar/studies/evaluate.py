@@ -43,7 +43,15 @@ from minivar.training.checkpoint import (
     save_json,
     weights_used,
 )
-from minivar.training.cli import OneLineParser, non_negative, non_negative_int, positive, positive_int, probability
+from minivar.training.cli import (
+    OneLineParser,
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    probability,
+    sigterm_like_ctrl_c,
+)
 from minivar.training.device import DTYPES, autocast, choose_dtype, describe_machine, pick_device
 
 
@@ -152,6 +160,7 @@ def number_list(kind):
 
 
 def main(argv=None):
+    sigterm_like_ctrl_c()  # a SIGTERM, even during the long reference statistics, ends like Ctrl-C: one line, 130
     p = OneLineParser(prog="python -m minivar.studies.evaluate",
                       description="FID of a checkpoint against the CIFAR-10 test split; prints it, writes JSON")
     what = p.add_mutually_exclusive_group(required=True)
@@ -199,6 +208,7 @@ def main(argv=None):
     except (CheckpointError, DataError, MetricsError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
+        print("\ninterrupted; no FID was written", file=sys.stderr)
         sys.exit(130)
     print(f"wrote {out}")
 

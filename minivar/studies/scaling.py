@@ -41,7 +41,7 @@ from minivar.data import DataError, load_cifar10
 from minivar.studies.bench import transformer_train_flops
 from minivar.studies.complexity import fit_slope
 from minivar.training.checkpoint import CheckpointError, load_checkpoint, save_json
-from minivar.training.cli import OneLineParser, positive, positive_int
+from minivar.training.cli import OneLineParser, positive, positive_int, sigterm_like_ctrl_c
 from minivar.training.device import DTYPES, choose_dtype, describe_machine, pick_device, seed_everything
 from minivar.training.optim import adamw, lr_at
 from minivar.training.plots import save_figure
@@ -243,6 +243,7 @@ def parse_depths(text):
 
 
 def main(argv=None):
+    sigterm_like_ctrl_c()  # SIGTERM ends the study as Ctrl-C does: finished sizes kept, one line, exit 130
     p = OneLineParser(prog="python -m minivar.studies.scaling", description=__doc__.split("\n\n")[0], epilog=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokenizer", default="out/tokenizer.pt",

@@ -17,7 +17,7 @@ import torch
 
 from minivar.ar import AR
 from minivar.tokenizer import Tokenizer, TokenizerConfig
-from minivar.training.files import atomic_write
+from minivar.training.files import atomic_write, not_a_file
 from minivar.training.presets import MODEL_CONFIGS, TrainConfig
 from minivar.var import VAR, VARConfig
 
@@ -45,10 +45,15 @@ def read_verified(path):
     is a whole, undamaged zip archive: every entry's CRC-32 is compared with its bytes (torch.load
     does not look, so one flipped byte would load silently as a changed weight)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; train one with train.py or pass the right path")
-    with open(path, "rb") as f:
-        is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    problem = not_a_file(path)  # missing, a folder, a broken symlink: each said as it is
+    if problem:
+        raise CheckpointError(f"checkpoint {problem}; " + ("pass a checkpoint file in it (a .pt file written by "
+                              "train.py)" if path.is_dir() else "train one with train.py or pass the right path"))
+    try:
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # torch.save writes a zip archive
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {e.strerror or e}") from None
     if not is_zip:
         raise CheckpointError(f"{path} is not a PyTorch checkpoint (not a zip archive); pass a file written by "
                               "train.py")

@@ -10,6 +10,8 @@
 - StopSignal: Ctrl-C (SIGINT) or SIGTERM only asks the training loop to stop; the loop
   finishes the step it is in, saves and exits, so a checkpoint never holds half a step.
   A second Ctrl-C quits at once, without saving.
+- sigterm_like_ctrl_c: outside that loop (loading, tokenizing, FID statistics, sampling), SIGTERM
+  stops a command the way Ctrl-C does: one line, exit status 130.
 """
 import argparse
 import math
@@ -98,6 +100,14 @@ def probability(text):
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"{text!r}: need a number in (0, 1]")
     return value
+
+
+def sigterm_like_ctrl_c():
+    """From here on, SIGINT and SIGTERM both raise KeyboardInterrupt, which every command answers
+    with one line and exit status 130. (Python's own SIGTERM ends the process on the spot, with
+    status 143 and not a word; a scheduler or `kill` stopping a run deserves the same as Ctrl-C.)"""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.default_int_handler)  # (it raises KeyboardInterrupt whatever the signal)
 
 
 class StopSignal:

@@ -211,7 +211,10 @@ def parse_args(doc, argv=None) -> dict:
                             help=f"var, ar: {MODEL_FLAGS[name][1]} (default: set by --preset: {per_preset})")
     parser.add_argument("--attention", choices=("sdpa", "flex", "auto"),
                         help=f"var, ar: {MODEL_FLAGS['attention'][1]} (default: {VARConfig.attention})")
-    return {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    typed = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    if typed.get("resume") and typed.get("force"):  # one would silently win over the other
+        parser.error("--resume continues the run in --out-dir, --force starts it over: give one of them")
+    return typed
 
 
 def parse_scales(text):
