@@ -1,12 +1,15 @@
-"""The notebooks: the committed files carry real outputs (fast checks), and every notebook runs top
-to bottom in fast mode (MINIVAR_FAST=1), its figures drawn and its own `assert` cells passing (slow).
+"""The notebooks: the committed files carry real outputs, produced by the committed source (the drift
+guard: notebooks/execute.py stamps every code cell with the hash of the source it ran), fast checks;
+and every notebook runs top to bottom in fast mode (MINIVAR_FAST=1), its figures drawn and its own
+`assert` cells passing (slow).
 
-The lesson notebooks (01, 02, 03, 06) state claims in prose and check them with `assert`s in
+The lesson notebooks (01, 02, 03, 04, 07) state claims in prose and check them with `assert`s in
 their cells, so a broken claim fails the notebook, and the notebook fails here. They read real
 CIFAR-10 where a user keeps it ($MINIVAR_DATA_DIR, else ./data) when it is there, else a tiny
 synthetic copy; their model comes from workspace.lesson_setup (your run, else the shipped model,
 else a tiny one trained on the spot).
 """
+import hashlib
 import re
 
 import pytest
@@ -21,7 +24,7 @@ nbformat = pytest.importorskip("nbformat", reason="notebook tests need the dev e
 nbclient = pytest.importorskip("nbclient", reason="notebook tests need the dev extra: pip install -e '.[dev]'")
 
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-LESSONS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "06")]
+LESSONS = [p for p in NOTEBOOKS if p.name[:2] in ("01", "02", "03", "04", "07")]
 PLOTS = re.compile(r"\bplt\.(show|imshow|plot|bar|subplots|figure)\b|\.imshow\(|\bdisplay\(")  # code that draws
 MACHINE_PATH = re.compile(r"(?<![\w.])/(work|root|home|Users|tmp|private|mnt)/")  # this machine's absolute paths
 
@@ -47,9 +50,9 @@ def output_text(cell):
     return "".join(parts)
 
 
-def test_notebooks_are_numbered_01_to_07():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
-    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "06"]
+def test_notebooks_are_numbered_01_to_08():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07", "08"]
+    assert [p.name[:2] for p in LESSONS] == ["01", "02", "03", "04", "07"]
 
 
 # --- the committed files (fast) ---
@@ -63,6 +66,60 @@ def test_committed_notebook_was_run_and_shows_its_figures(path):
     assert not errors, f"code cells {errors} end in an error"
     blank = [i for i, c in enumerate(cells) if PLOTS.search(c.source) and not images(c)]
     assert not blank, f"code cells {blank} draw a figure, but their committed outputs hold no image"
+
+
+def stale_cells(nb):
+    """Code cells whose source is not the one their outputs came from: the SHA-256 notebooks/execute.py
+    recorded when it ran the cell differs from the source's now, or there is none (run another way)."""
+    return [i for i, cell in enumerate(code_cells(nb))
+            if cell.metadata.get("minivar", {}).get("source_sha256") != hashlib.sha256(cell.source.encode()).hexdigest()]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
+def test_every_output_comes_from_the_committed_source(path):
+    nb = nbformat.read(path, as_version=4)
+    command = f"python notebooks/execute.py notebooks/{path.name}"
+    assert nb.metadata.get("minivar", {}).get("mode") == "full", f"not run in full mode by the script: {command}"
+    stale = stale_cells(nb)
+    assert not stale, f"code cells {stale} changed since their outputs were produced; run them again: {command}"
+    counts = [c.execution_count for c in code_cells(nb)]
+    assert counts == list(range(1, len(counts) + 1)), f"not run top to bottom in one kernel: {command}"
+
+
+def test_the_drift_guard_catches_a_cell_edited_without_running_it_again():
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    assert stale_cells(nb) == []
+    code_cells(nb)[2].source += "\nprint('a line added in an editor, never run')"
+    assert stale_cells(nb) == [2]
+    del code_cells(nb)[0].metadata["minivar"]  # run in Jupyter and saved: outputs, but no stamp
+    assert stale_cells(nb) == [0, 2]
+
+
+def test_execute_runs_a_notebook_in_full_mode_and_stamps_each_cell(tmp_path, monkeypatch):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("execute", ROOT / "notebooks" / "execute.py")
+    execute = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(execute)
+    monkeypatch.setenv("MINIVAR_FAST", "1")  # the script runs notebooks in full mode whatever the caller's setting
+    path = tmp_path / "two_cells.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os\nprint(os.environ.get('MINIVAR_FAST'))"),
+                                                   nbformat.v4.new_markdown_cell("text"),
+                                                   nbformat.v4.new_code_cell("x = 1 + 1\nx")]), path)
+    execute.execute(path)
+    nb = nbformat.read(path, as_version=4)
+    assert output_text(code_cells(nb)[0]) == "None\n" and output_text(code_cells(nb)[1]) == "2"
+    assert stale_cells(nb) == [] and nb.metadata["minivar"]["mode"] == "full" and nb.metadata["minivar"]["seconds"] >= 0
+    assert [c.execution_count for c in code_cells(nb)] == [1, 2]
+
+
+def test_the_readme_lists_each_notebooks_full_run_time_as_measured():
+    """README.md's table of notebooks gives each one's run time: the seconds execute.py recorded, in minutes."""
+    readme = (ROOT / "README.md").read_text()
+    for path in NOTEBOOKS:
+        seconds = nbformat.read(path, as_version=4).metadata["minivar"]["seconds"]
+        row = re.search(rf"^\| \[`{re.escape(path.name)}`\].*\| ([\d.]+) min \|$", readme, re.M)
+        assert row, f"README.md has no row for {path.name}"
+        assert row.group(1) == f"{seconds / 60:.1f}", (path.name, row.group(1), seconds)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=name)
@@ -110,10 +167,11 @@ def write_var_checkpoint(path, **extra):
 
 @pytest.fixture
 def places(tmp_path, monkeypatch):
-    """An empty run folder, no shipped model, a small fake CIFAR-10."""
+    """No run in the default run folder, no shipped model, a small fake CIFAR-10."""
     write_fake_cifar(tmp_path / "data" / "cifar-10-batches-py", n_train=50, n_test=20)
     monkeypatch.setenv("MINIVAR_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MINIVAR_OUT_DIR", str(tmp_path / "out"))
+    monkeypatch.delenv("MINIVAR_OUT_DIR", raising=False)
+    monkeypatch.setattr(workspace, "DEFAULT_OUT", tmp_path / "out")
     monkeypatch.setattr(workspace, "SHIPPED", tmp_path / "checkpoints" / "var_cpu.pt")
     return tmp_path
 
@@ -142,6 +200,36 @@ def test_a_tokenizer_lesson_takes_your_tokenizer_alone(places):
     lesson = workspace.lesson_setup("tokenizer")
     assert lesson.source.startswith("your run") and lesson.model is None and lesson.tokenizer.cfg.scales == (2, 8)
     assert workspace.lesson_setup("var").source.startswith("the shipped model")  # a VAR lesson needs a var.pt
+
+
+def test_a_relative_out_dir_is_read_from_the_project_root_not_from_notebooks(places, monkeypatch):
+    """`MINIVAR_OUT_DIR=out-euclid jupyter lab notebooks/`: the kernel runs in notebooks/, the run is in ./out-euclid."""
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    write_var_checkpoint(places / "out-mine" / "var.pt")
+    (places / "notebooks").mkdir()
+    monkeypatch.chdir(places / "notebooks")
+    monkeypatch.setattr(workspace, "ROOT", places)
+    monkeypatch.setenv("MINIVAR_OUT_DIR", "out-mine")
+    lesson = workspace.lesson_setup("var")
+    assert lesson.source == "your run (out-mine/var.pt)"
+
+
+@pytest.mark.parametrize("need", ["var", "tokenizer"])
+def test_a_named_out_dir_without_a_run_is_an_error_not_the_shipped_model(places, monkeypatch, need):
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    (places / "out-empty").mkdir()
+    monkeypatch.setattr(workspace, "ROOT", places)
+    monkeypatch.setenv("MINIVAR_OUT_DIR", "out-empty")
+    with pytest.raises(FileNotFoundError, match="MINIVAR_OUT_DIR=out-empty names out-empty, which holds no"):
+        workspace.lesson_setup(need)
+
+
+def test_the_data_notice_is_one_line_that_points_to_where_it_is_explained(places, capsys):
+    write_var_checkpoint(places / "checkpoints" / "var_cpu.pt")
+    lesson = workspace.lesson_setup("var")  # the fake CIFAR-10 is not the official release
+    out = capsys.readouterr().out
+    assert lesson.data_differs and "official release" not in out.replace("the official release's", "")
+    assert sum("official" in line for line in out.splitlines()) == 1 and "notebook 01" in out
 
 
 # --- running them (slow) ---

@@ -1,8 +1,8 @@
-"""The README's quick start, as a newcomer follows it: train, sample, open notebook 03.
+"""The README's quick start, as a newcomer follows it: train, sample, open notebook 04.
 
 The commands are read from README.md itself (with the tiny preset in place of the cpu
 one), run in a fresh folder holding a copy of the project and a local data folder, with
-no MINIVAR_* variables set; then notebook 03 must find and use that run's checkpoint.
+no MINIVAR_* variables set; then notebook 04 must find and use that run's checkpoint.
 """
 import os
 import re
@@ -41,7 +41,7 @@ def test_the_readme_starts_with_install_and_sample_then_the_tests_then_training(
 
 
 @pytest.mark.slow
-def test_quick_start_trains_samples_and_notebook_03_uses_that_run(tmp_path):
+def test_quick_start_trains_samples_and_notebook_04_uses_that_run(tmp_path):
     for item in ("train.py", "sample.py", "minivar", "notebooks"):
         copy = shutil.copytree if (ROOT / item).is_dir() else shutil.copy
         copy(ROOT / item, tmp_path / item, **({"ignore": shutil.ignore_patterns("__pycache__")}
@@ -67,7 +67,7 @@ def test_quick_start_trains_samples_and_notebook_03_uses_that_run(tmp_path):
     out = sample[sample.index("--out") + 1] if "--out" in sample else "samples.png"
     assert (tmp_path / out).is_file()
 
-    notebook = nbformat.read(tmp_path / "notebooks" / "03_train_and_sample.ipynb", as_version=4)
+    notebook = nbformat.read(tmp_path / "notebooks" / "04_train_and_sample.ipynb", as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None

@@ -1,13 +1,14 @@
-"""The model shipped in checkpoints/: small, safe to load, and what sample.py uses when you have no run."""
+"""The files shipped in checkpoints/: small, safe to load. var_cpu.pt is what sample.py uses when you have
+no run; perceptual_cpu.pt the CIFAR-10 classifier of the perceptual loss, which notebook 04 uses to judge samples."""
 import os
 
 import torch
 
 from minivar.applications.editing import edit
-from minivar.data import to_float
+from minivar.data import load_cifar10, to_float
 from minivar.quantizer import flatten_scales, split_scales
 from minivar.training.checkpoint import export_for_sampling, generator_from_checkpoint, load_checkpoint
-from minivar.training.workspace import SHIPPED
+from minivar.training.workspace import SHIPPED, SHIPPED_CLASSIFIER, shipped_classifier
 from tests.conftest import ROOT, run_script, write_fake_cifar
 
 
@@ -78,3 +79,27 @@ def test_sample_py_with_no_run_uses_the_shipped_model(tmp_path):
         result = run_script(ROOT / "sample.py", "--classes", "cat", "--n-per-class", "2", "--out",
                             tmp_path / "more.png", *extra, env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
+
+
+def test_the_shipped_classifier_is_one_small_file_read_as_data():
+    """checkpoints/perceptual_cpu.pt: `python train.py --stage perceptual --preset cpu`, exported without its
+    optimizer state or the folders of the machine that trained it (python -m minivar.training.checkpoint)."""
+    assert SHIPPED_CLASSIFIER.stat().st_size < 2 * 2**20
+    ckpt = torch.load(SHIPPED_CLASSIFIER, weights_only=True)
+    assert ckpt["kind"] == "perceptual" and "optimizer" not in ckpt and ckpt["train_config"]["preset"] == "cpu"
+    assert not {"data_dir", "out_dir", "tokenizer", "perceptual"} & set(ckpt["train_config"])
+    net = shipped_classifier()  # load_checkpoint: checked whole, weights_only=True
+    x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        logits = net(x)
+        alone = net(x[:1])
+    assert logits.shape == (6, 10) and logits.isfinite().all() and not net.training
+    assert torch.allclose(alone, logits[:1], atol=1e-5)  # frozen: an image's verdict does not depend on its batch
+
+
+def test_the_shipped_classifier_recognises_real_test_images(real_cifar):
+    """73.3% of the first 2,000 test images when it was trained (train.py's evaluation), 72.6% of all 10,000."""
+    images, labels = load_cifar10(real_cifar, "test")
+    with torch.no_grad():
+        predicted = shipped_classifier()(to_float(images[:1000])).argmax(1)
+    assert (predicted == labels[:1000]).float().mean() > 0.70

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from minivar.sampling import KVCache
-from minivar.transformer import AdaLNBlock, AdaLNHead
+from minivar.transformer import AdaLNBlock, AdaLNHead, init_weights
 
 D, H, B, L = 16, 2, 3, 6
 EPS = torch.finfo(torch.float32).eps  # nn.RMSNorm's default
@@ -84,3 +84,21 @@ def test_the_head_is_adaln_then_a_linear_map_in_fp32(dtype):
         logits = head(x, cond)
     assert logits.dtype == torch.float32
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_each_class_gets_its_own_modulation():
+    """Two rows with the same tokens and different class vectors come out different (adaLN reads the class)."""
+    block = randomized(AdaLNBlock(D, H))
+    x, cond = torch.randn(1, L, D).expand(2, -1, -1), torch.randn(2, D)
+    with torch.no_grad():
+        out = block(x, cond, torch.ones(L, L, dtype=torch.bool).tril())
+    assert not torch.allclose(out[0], out[1], atol=1e-3)
+
+
+def test_a_fresh_block_is_the_identity_adaln_zero():
+    """init_weights zeroes the adaLN layers: every gate is 0, so each block starts by passing x through."""
+    block = AdaLNBlock(D, H)
+    init_weights(block)
+    x, cond = torch.randn(2, L, D), torch.randn(2, D)
+    with torch.no_grad():
+        assert torch.equal(block(x, cond, torch.ones(L, L, dtype=torch.bool).tril()), x)

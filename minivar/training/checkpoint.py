@@ -190,10 +190,15 @@ def export_for_sampling(ckpt_path, out_path, sampling=None, weights="ema"):
     precision, no optimizer state, plus the sampling settings to use by default (sample.py
     reads them). Loads like any checkpoint (as_float32 restores float32 weights). The training
     settings travel with it, less the folders of the machine that trained it: a shared file
-    should not carry them, and nothing that samples needs them."""
+    should not carry them, and nothing that samples needs them. A perceptual checkpoint (the
+    classifier) keeps its weights as trained and its settings, without the optimizer state."""
     ckpt = load_checkpoint(ckpt_path)
+    if ckpt["kind"] == "perceptual":  # the classifier: its weights as trained (float32, about 1 MiB), nothing else
+        kept = {k: ckpt[k] for k in ("kind", "model_config", "model", "step", "train_seconds", "finished") if k in ckpt}
+        kept["train_config"] = {k: v for k, v in ckpt.get("train_config", {}).items() if k not in LOCAL_FOLDERS}
+        return save_checkpoint(kept, out_path)
     if ckpt["kind"] not in ("var", "ar"):
-        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var or ar checkpoint is needed")
+        raise CheckpointError(f"{ckpt_path} is a {ckpt['kind']} checkpoint; a var, ar or perceptual checkpoint is needed")
     chosen = {"model": generator_weights(ckpt, ckpt_path, weights), "tokenizer": ckpt["tokenizer"]}
     half = {k: {name: v.half() if v.is_floating_point() else v for name, v in state.items()}
             for k, state in chosen.items()}
@@ -225,9 +230,9 @@ def main(argv=None):
         export_for_sampling(args.ckpt, args.out, sampling, args.weights)
     except (CheckpointError, OSError) as e:
         sys.exit(f"error: {e}")
-    exported = load_checkpoint(args.out)["weights"]
-    print(f"wrote {args.out}: {Path(args.out).stat().st_size / 2**20:.1f} MiB, {exported} weights, sampling defaults "
-          f"{sampling}")
+    exported, size = load_checkpoint(args.out), Path(args.out).stat().st_size / 2**20
+    print(f"wrote {args.out}: {size:.1f} MiB, " + ("the classifier's weights" if exported["kind"] == "perceptual" else
+                                                  f"{exported['weights']} weights, sampling defaults {sampling}"))
 
 
 if __name__ == "__main__":

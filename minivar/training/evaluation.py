@@ -2,7 +2,7 @@
 the floor a model reaches by knowing nothing but each scale's token frequencies.
 
 The numbers train.py logs at every evaluation (and bench.py, the scaling study and notebook
-03 print): mean cross-entropy in nats per token, the overall figure weighting each scale by
+04 print): mean cross-entropy in nats per token, the overall figure weighting each scale by
 its s² tokens.
 """
 import torch

@@ -7,23 +7,33 @@ own, they use the model shipped in checkpoints/ (trained on CIFAR-10 with the cp
 
 Notebooks run inside notebooks/, so their paths start at the project's root;
 MINIVAR_DATA_DIR and MINIVAR_OUT_DIR point them elsewhere (the scripts take --data-dir
-and --out-dir).
+and --out-dir). A relative folder in those variables is read from the project's root too,
+whatever folder the notebook runs in, and a MINIVAR_OUT_DIR that holds no run is an error,
+never a silent fall-back to the shipped model.
 """
 import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]  # the project's folder: minivar/training/workspace.py
 SHIPPED = ROOT / "checkpoints" / "var_cpu.pt"  # VAR and its tokenizer, half-precision weights
+SHIPPED_CLASSIFIER = ROOT / "checkpoints" / "perceptual_cpu.pt"  # the perceptual loss's CIFAR-10 classifier
+DEFAULT_DATA, DEFAULT_OUT = ROOT / "data", ROOT / "out"  # train.py's --data-dir and --out-dir, from the root
+
+
+def _from_env(name, default) -> Path:
+    """$name if set (a relative folder read from the project's root), else default."""
+    value = os.environ.get(name)
+    return default if not value else ROOT / Path(value).expanduser()  # (an absolute value stays as it is)
 
 
 def data_dir() -> Path:
     """Where the notebooks find CIFAR-10: $MINIVAR_DATA_DIR, else the project's data/ (train.py's default)."""
-    return Path(os.environ.get("MINIVAR_DATA_DIR", ROOT / "data"))
+    return _from_env("MINIVAR_DATA_DIR", DEFAULT_DATA)
 
 
 def out_dir() -> Path:
     """Where the notebooks find your run: $MINIVAR_OUT_DIR, else the project's out/ (train.py's default)."""
-    return Path(os.environ.get("MINIVAR_OUT_DIR", ROOT / "out"))
+    return _from_env("MINIVAR_OUT_DIR", DEFAULT_OUT)
 
 
 def generator_checkpoint(out=None):
@@ -45,7 +55,8 @@ def lesson_setup(need="var"):
     Returns a namespace: model (VAR, eval mode, CPU), tokenizer, source (which of the three),
     sampling (the sampling settings the checkpoint recommends, {} if none: the shipped one has them),
     test_images (uint8 N×3×32×32), test_labels, train_images, train_labels, fast (MINIVAR_FAST=1: skip
-    slow parts)."""
+    slow parts), data_differs (the CIFAR-10 files are not the official release's, byte for byte).
+    A MINIVAR_OUT_DIR that holds no run of the kind needed is a FileNotFoundError that names it."""
     import contextlib
     import io
     import shutil
@@ -60,6 +71,12 @@ def lesson_setup(need="var"):
     path, own_tokenizer, tiny = generator_checkpoint(), out_dir() / "tokenizer.pt", None
     if need == "tokenizer" and own_tokenizer.is_file() and path in (None, SHIPPED):
         path = own_tokenizer  # your tokenizer before the shipped one
+    named = os.environ.get("MINIVAR_OUT_DIR")
+    if named and path in (None, SHIPPED):  # you named a folder: its run, or an error, never the shipped model
+        wanted = "var.pt" if need == "var" else "tokenizer.pt or var.pt"
+        raise FileNotFoundError(f"MINIVAR_OUT_DIR={named} names {_shown(out_dir())}, which holds no {wanted}: train "
+                                f"into it first (python train.py --out-dir {named}; a relative folder is read from "
+                                "the project's root), or unset MINIVAR_OUT_DIR to use the shipped model")
     if path is None:
         print("#" * 88 + f"\nNOTE: no trained model found (no {_shown(out_dir() / 'var.pt')}, no {_shown(SHIPPED)}):"
               "\ntraining a tiny model for this demo (about a minute); its samples are noise.\n"
@@ -80,7 +97,14 @@ def lesson_setup(need="var"):
                 shutil.rmtree(tiny, ignore_errors=True)
         images, labels = load_cifar10(data_dir(), "test")
         train_images, train_labels = load_cifar10(data_dir(), "train")
-    print(notes.getvalue().replace(str(data_dir()), _shown(data_dir())), end="")
+    notes = notes.getvalue().replace(str(data_dir()), _shown(data_dir())).splitlines()
+    differs = [line for line in notes if "from the official release" in line]  # data.py's md5 notice, per split
+    for line in notes:
+        if line not in differs:
+            print(line)
+    if differs:  # said once, in one line; notebook 01 explains it
+        print(f"data: CIFAR-10 read from {_shown(data_dir())}/; its files are not byte for byte the official release's "
+              "(notebook 01, section 'The data', says what differs and why it does not matter here)")
     model = model if need == "var" else None
     source = ("a tiny model trained just now" if tiny else "the shipped model" if path == SHIPPED else "your run") + \
         ("" if tiny else f" ({_shown(path)})")
@@ -89,17 +113,36 @@ def lesson_setup(need="var"):
           f"codebook of {tokenizer.cfg.vocab_size}")
     return SimpleNamespace(model=model, tokenizer=tokenizer, source=source, sampling=ckpt.get("sampling", {}),
                            test_images=images, test_labels=labels, train_images=train_images,
-                           train_labels=train_labels, fast=os.environ.get("MINIVAR_FAST") == "1")
+                           train_labels=train_labels, fast=os.environ.get("MINIVAR_FAST") == "1",
+                           data_differs=bool(differs))
+
+
+def shipped_classifier(path=None):
+    """The small CIFAR-10 classifier shipped in checkpoints/ (the one `python train.py --stage
+    perceptual --preset cpu` trains for the perceptual loss; not the Inception network FID uses),
+    loaded with weights_only=True and frozen, on the CPU. It judges samples with a network other
+    than the model that drew them."""
+    import torch
+
+    from minivar.training.checkpoint import load_checkpoint
+    from minivar.training.sharpness import frozen_classifier
+
+    ckpt = load_checkpoint(path or SHIPPED_CLASSIFIER, "perceptual")
+    return frozen_classifier(ckpt["model_config"], ckpt["model"], torch.device("cpu"))
 
 
 def _shown(path) -> str:
-    """A path as notebooks print it, never this machine's absolute path: relative to the project,
-    else to the folder $MINIVAR_OUT_DIR or $MINIVAR_DATA_DIR names."""
-    path = Path(path).resolve()
-    named = ((ROOT, "."), (out_dir().resolve(), "$MINIVAR_OUT_DIR"), (data_dir().resolve(), "$MINIVAR_DATA_DIR"))
-    for folder, name in named:
-        if path.is_relative_to(folder):
-            return str(Path(name) / path.relative_to(folder)) if path != folder else name
+    """A path as notebooks print it, never this machine's absolute path: relative to the project
+    (./data even where it is a link to a folder elsewhere), else to the folder $MINIVAR_OUT_DIR or
+    $MINIVAR_DATA_DIR names."""
+    named = [(ROOT, ".")] + [(folder(), f"${name}") for name, folder in
+                             (("MINIVAR_OUT_DIR", out_dir), ("MINIVAR_DATA_DIR", data_dir)) if os.environ.get(name)]
+    path = Path(path).absolute()
+    for candidate in (path, path.resolve()):  # as named first, then with its links followed
+        for folder, name in named:
+            for base in (folder.absolute(), folder.resolve()):
+                if candidate.is_relative_to(base):
+                    return str(Path(name) / candidate.relative_to(base)) if candidate != base else name
     return f"<{path.name}>"
 
 
