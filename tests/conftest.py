@@ -1,4 +1,5 @@
 """Shared test helpers: a tiny synthetic CIFAR-10 in the official python layout."""
+import errno
 import os
 import pickle
 import subprocess
@@ -9,6 +10,29 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def fill_the_disk(monkeypatch, module):
+    """Every file `module` opens through os.fdopen refuses its writes with ENOSPC, as on a full disk."""
+    real_fdopen = os.fdopen
+
+    class FullDisk:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(module.os, "fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs)))
 
 
 def real_cifar_dir():

@@ -28,7 +28,7 @@ from minivar.training.files import FileError, RunLock, atomic_write
 from minivar.training.presets import PRESETS, TrainConfig
 from minivar.training.tokens import check_tokens
 from minivar.var import VAR, VARConfig
-from tests.conftest import OFFLINE, ROOT, write_fake_cifar
+from tests.conftest import OFFLINE, ROOT, fill_the_disk, write_fake_cifar
 
 
 
@@ -133,25 +133,7 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_is_one_line(tmp_path, m
     previous = tmp_path / "var.pt"
     save_checkpoint({"kind": "test", "w": torch.zeros(3)}, previous)
     before = previous.read_bytes()
-    real_fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, b):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.f.close()
-
-    monkeypatch.setattr(files.os, "fdopen", lambda fd, mode: FullDisk(real_fdopen(fd, mode)))
+    fill_the_disk(monkeypatch, files)
     with pytest.raises(FileError) as e:
         save_checkpoint({"kind": "test", "w": torch.ones(1000)}, previous)
     assert str(e.value).startswith("no space left") and "var.pt" in str(e.value) and "\n" not in str(e.value)

@@ -23,6 +23,7 @@ from minivar.training.divergence import Diverged, DivergenceGuard
 from minivar.training.files import FileError, RunLock, atomic_write
 from minivar.training.presets import PRESETS
 from minivar.training.tokens import cached_tokens
+from tests.conftest import fill_the_disk
 
 TINY_TOKENIZER = TokenizerConfig(**{**PRESETS["tiny"]["tokenizer"][1], "perceptual_weight": 0.0})
 
@@ -72,19 +73,7 @@ def test_a_lock_that_is_a_folder_is_one_line_naming_it(data_dir, tmp_path):
 
 
 def test_a_full_disk_or_a_read_only_folder_while_locking_names_the_lock_and_the_cause(tmp_path, monkeypatch):
-    real_fdopen = os.fdopen
-
-    class FullDisk:
-        def __init__(self, f):
-            self.f = f
-
-        def write(self, b):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        def __getattr__(self, name):
-            return getattr(self.f, name)
-
-    monkeypatch.setattr(files.os, "fdopen", lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs)))
+    fill_the_disk(monkeypatch, files)
     with pytest.raises(FileError) as e:
         RunLock(tmp_path / "full").__enter__()
     assert str(e.value).startswith(f"no space left on the disk of {tmp_path / 'full'}") and ".lock" in str(e.value)
