@@ -86,6 +86,31 @@ def test_inception_gets_images_resized_bilinearly_to_299(what_inception_sees):
     assert torch.allclose(what_inception_sees(images).double(), expected, atol=1e-4)
 
 
+class MeanColour(torch.nn.Module):
+    """A stand-in feature network: each image's mean colour, 3 features."""
+    dim = 3
+
+    def forward(self, x_uint8):
+        return x_uint8.float().mean((2, 3))
+
+
+def test_the_reference_statistics_are_cached_for_exactly_those_images(tmp_path):
+    """Cached on first use, read back after; a set that differs in its last image only gets its own."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (300, 3, 4, 4), dtype=torch.uint8, generator=g)
+    feats = images.double().mean((2, 3)).numpy()
+    mu, sigma = metrics.reference_statistics(MeanColour(), images, tmp_path, "test", torch.device("cpu"))
+    assert np.allclose(mu.numpy(), feats.mean(0)) and np.allclose(sigma.numpy(), np.cov(feats, rowvar=False))
+    assert len(list(tmp_path.glob("fid-ref-test-*.pt"))) == 1
+    changed = images.clone()
+    changed[-1] = 255 - changed[-1]
+    mu2, _ = metrics.reference_statistics(MeanColour(), changed, tmp_path, "test", torch.device("cpu"))
+    assert len(list(tmp_path.glob("fid-ref-test-*.pt"))) == 2
+    assert np.allclose(mu2.numpy(), changed.double().mean((2, 3)).numpy().mean(0))
+    mu3, _ = metrics.reference_statistics(MeanColour(), images, tmp_path, "test", torch.device("cpu"))
+    assert torch.equal(mu3, mu) and len(list(tmp_path.glob("fid-ref-test-*.pt"))) == 2  # read back
+
+
 def test_real_inception_gives_2048_features_where_installed():
     try:
         path = inception_path()

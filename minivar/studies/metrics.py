@@ -97,8 +97,9 @@ def features(network, images_uint8, device, batch_size=100, desc="Inception feat
 
 def reference_statistics(network, images_uint8, cache_dir, name, device):
     """(mean, covariance) of the real images' features, cached on disk under a key made of
-    the images, their number and the network (a stand-in network never reuses a real cache)."""
-    key = hashlib.sha1(images_uint8[:256].numpy().tobytes())
+    every image, their number and the network (a stand-in network never reuses a real cache;
+    a test set changed anywhere, not only in its first images, never reuses a stale one)."""
+    key = hashlib.sha256(images_uint8.contiguous().numpy().tobytes())
     key.update(f"{len(images_uint8)},{type(network).__name__},{network.dim}".encode())
     path = Path(cache_dir) / f"fid-ref-{name}-{key.hexdigest()[:12]}.pt"
     if path.is_file():
