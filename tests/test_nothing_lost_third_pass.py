@@ -268,3 +268,20 @@ def test_sigterm_during_the_fid_reference_statistics_is_one_line_and_130(data_di
         evaluate.main(["--train", "--n", "2", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path),
                        "--device", "cpu"])
     assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted; no FID was written"
+
+
+@pytest.mark.parametrize("study, replaced, argv", [
+    ("complexity", "measure", ["--grids", "4", "--batch-sizes", "1", "--device", "cpu"]),
+    ("training_cost", "study", ["--grids", "4", "--batch-sizes", "1", "--device", "cpu"]),
+    ("bench", "bench_step", ["step", "--preset", "tiny", "--device", "cpu"]),
+])
+def test_sigterm_during_a_measurement_is_one_line_and_130(study, replaced, argv, tmp_path, monkeypatch, capsys,
+                                                          sigterm_to_self):
+    import importlib
+    module = importlib.import_module(f"minivar.studies.{study}")
+    monkeypatch.setattr(module, replaced, sigterm_to_self)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        module.main(argv)
+    assert e.value.code == 130 and capsys.readouterr().err.strip() == "interrupted; nothing was written"
+    assert list(tmp_path.iterdir()) == []

@@ -1,6 +1,8 @@
 """The recipe study (studies/recipe.py): one trial at a time, each written as soon as it is scored,
 the next invocation continuing where the written ones stop; `combined` takes what helped."""
 import json
+import signal
+import sys
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch
 from minivar.studies import evaluate, recipe
 from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.training.checkpoint import save_checkpoint
+from minivar.training.cli import sigterm_like_ctrl_c
 from minivar.training.presets import PRESETS
 from tests.conftest import write_fake_cifar
 from tests.test_train import StandIn
@@ -29,6 +32,31 @@ def test_combined_takes_each_change_that_beat_the_baseline_by_more_than_the_nois
     (tmp_path / "ema0.99.json").unlink()
     with pytest.raises(ValueError, match="ema0.99 not yet"):
         recipe.trial_changes("combined", "cpu", tmp_path)
+
+
+CHILD = """
+import os, signal, sys, time
+def save(signum, frame):
+    open(sys.argv[1], "w").write("saved")
+    sys.exit(130)
+signal.signal(signal.SIGINT, save)
+time.sleep(0.5)
+os.kill(os.getppid(), signal.SIGTERM)  # the study is stopped while this "training" runs
+time.sleep(30)
+"""
+
+
+def test_stopping_the_study_lets_the_running_training_save_first(tmp_path):
+    """SIGTERM to the study: train.py gets one SIGINT from it, saves, and the study stops after it."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    sigterm_like_ctrl_c()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            recipe.train_to_the_end([sys.executable, "-c", CHILD, str(tmp_path / "saved")])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    assert (tmp_path / "saved").read_text() == "saved"
 
 
 @pytest.mark.slow

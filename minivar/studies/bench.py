@@ -32,7 +32,7 @@ from minivar.quantizer import flatten_scales
 from minivar.studies.complexity import generate_without_cache
 from minivar.tokenizer import psnr
 from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, load_generator, save_json
-from minivar.training.cli import OneLineParser, positive_int
+from minivar.training.cli import OneLineParser, positive_int, sigterm_like_ctrl_c
 from minivar.training.device import autocast, describe_machine, pick_device
 from minivar.training.evaluation import test_cross_entropy
 from minivar.training.tokens import tokenize
@@ -247,6 +247,7 @@ def main(argv=None):
                    "bf16 matmul peak; step: one or both, comma-separated (default: fp32)")
     p.add_argument("--stage", choices=("perceptual", "tokenizer", "var", "ar"), default="var", help="step: the stage")
     p.add_argument("--preset", choices=("gpu", "gpu-long", "cpu", "tiny"), default="cpu", help="step: its sizes")
+    sigterm_like_ctrl_c()  # SIGTERM ends a measurement as Ctrl-C does: one line, exit status 130
     args = p.parse_args(argv)
     args.dtype = args.dtype.split(",") if args.what == "step" else args.dtype
     if any(d not in ("fp32", "bf16") for d in ([args.dtype] if isinstance(args.dtype, str) else args.dtype)):
@@ -265,6 +266,7 @@ def main(argv=None):
     except (CheckpointError, DataError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
         sys.exit(130)
     result["machine"] = describe_machine(device)
     result["command"] = "python -m minivar.studies.bench " + " ".join(argv if argv is not None else sys.argv[1:])

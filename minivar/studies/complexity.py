@@ -36,7 +36,7 @@ from minivar.quantizer import MultiScaleQuantizer, split_scales
 from minivar.sampling import guided_logits, sample_tokens
 from minivar.studies.cost_report import print_generation_table, save_generation_plot
 from minivar.training.checkpoint import save_json
-from minivar.training.cli import OneLineParser, positive, positive_int
+from minivar.training.cli import OneLineParser, positive, positive_int, sigterm_like_ctrl_c
 from minivar.training.device import DTYPES, autocast, choose_dtype, describe_machine, pick_device
 from minivar.var import VAR, VARConfig
 
@@ -216,6 +216,7 @@ def main(argv=None):
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="fp32, or bf16 autocast; auto: bf16 on a CUDA GPU "
                                                                    "that has it, else fp32 (default: fp32)")
     p.add_argument("--out-dir", default="results", help="where complexity_<device>.json and .png go (default: results)")
+    sigterm_like_ctrl_c()  # SIGTERM ends the study as Ctrl-C does: one line, exit status 130
     args = p.parse_args(argv)
     try:
         grids, batch_sizes = parse_ints(args.grids, "--grids"), parse_ints(args.batch_sizes, "--batch-sizes")
@@ -228,9 +229,13 @@ def main(argv=None):
     torch.manual_seed(0)
     torch.set_float32_matmul_precision("high")
     t0 = time.perf_counter()
-    with autocast(device, dtype):
-        rows = measure(grids, batch_sizes, args.dim, args.depth, args.heads, args.ratio, device, args.max_run_s,
-                       args.budget_s)
+    try:
+        with autocast(device, dtype):
+            rows = measure(grids, batch_sizes, args.dim, args.depth, args.heads, args.ratio, device, args.max_run_s,
+                           args.budget_s)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     result = {"dtype": dtype, "grids": grids, "batch_sizes": batch_sizes, "dim": args.dim, "depth": args.depth, "heads": args.heads,
               "ratio": args.ratio, "var_scales": {str(n): var_scales(n, args.ratio) for n in grids}, "measured": rows,
               **summarize(rows, grids, batch_sizes, args.dim, args.depth, args.ratio)}

@@ -24,6 +24,7 @@ JSON files stop.
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,7 +37,7 @@ import torch
 from minivar.quantizer import flatten_scales
 from minivar.studies import evaluate
 from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, save_json
-from minivar.training.cli import OneLineParser, positive_int
+from minivar.training.cli import OneLineParser, positive_int, sigterm_like_ctrl_c
 from minivar.training.device import describe_machine, pick_device
 from minivar.training.inputs import carried_tokenizer
 from minivar.training.optim import adamw
@@ -148,6 +149,24 @@ def planned_steps(name, train_flags, model_flags, args, tokenizer):
     return steps, ratio
 
 
+def train_to_the_end(command):
+    """Run train.py and return its exit status. It runs in its own session, so that Ctrl-C or
+    SIGTERM reaches it once, from here: it finishes its step, saves and exits 130, and only then
+    does this study stop (a terminal's Ctrl-C sent to both, or the study killed while it waits,
+    would lose the steps since its last checkpoint)."""
+    child = subprocess.Popen(command, start_new_session=True)
+    try:
+        return child.wait()
+    except KeyboardInterrupt:
+        child.send_signal(signal.SIGINT)
+        while child.poll() is None:
+            try:
+                child.wait()
+            except KeyboardInterrupt:  # a second one: train.py then quits without saving, as at its own prompt
+                child.send_signal(signal.SIGINT)
+        raise
+
+
 def run_trial(name, args):
     """Train (or resume) with train.py, score, and write results/recipe/<name>.json."""
     device = pick_device(args.device)
@@ -163,11 +182,11 @@ def run_trial(name, args):
     ckpt_path = folder / "var.pt"
     if not (ckpt_path.is_file() and load_checkpoint(ckpt_path).get("finished")):
         seed_token_cache(folder, Path(args.work_dir))
-        done = subprocess.run(command + (["--resume"] if ckpt_path.is_file() else []))  # (train.py's own output)
-        if done.returncode == 130:
+        code = train_to_the_end(command + (["--resume"] if ckpt_path.is_file() else []))  # (train.py's own output)
+        if code == 130:
             raise KeyboardInterrupt
-        if done.returncode != 0:
-            raise ValueError(f"trial {name}: train.py stopped with exit status {done.returncode} (its own line above)")
+        if code != 0:
+            raise ValueError(f"trial {name}: train.py stopped with exit status {code} (its own line above)")
     ckpt = load_checkpoint(ckpt_path)
     log = [json.loads(line) for line in (folder / "var_log.jsonl").read_text().splitlines() if line.strip()]
     last_eval = [entry for entry in log if "eval" in entry][-1]
@@ -248,6 +267,7 @@ def main(argv=None):
     p.add_argument("--cfg-scale", default="3,4.5,6", help="the guidance sweep (default: 3,4.5,6)")
     p.add_argument("--top-k", type=int, default=50, help="top-k of every sample (default: 50)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    sigterm_like_ctrl_c()  # SIGTERM stops the study as Ctrl-C does: the running trial saves, one line, exit 130
     args = p.parse_args(argv)
     names = [*TRIALS, "combined"]
     try:
@@ -272,6 +292,8 @@ def main(argv=None):
     except (CheckpointError, ValueError, OSError) as e:
         sys.exit(f"error: {e}")
     except KeyboardInterrupt:
+        print(f"\ninterrupted: finished trials are kept in {args.results_dir}, the running one resumes from its "
+              "last checkpoint; run the same command to continue", file=sys.stderr)
         sys.exit(130)
 
 

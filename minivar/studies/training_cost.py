@@ -42,7 +42,7 @@ from minivar.studies.bench import peak_bytes, timed
 from minivar.studies.complexity import block_sizes, fit_slope, parse_ints, var_scales
 from minivar.studies.cost_report import MEASURED, print_training_table, save_training_plot
 from minivar.training.checkpoint import save_json
-from minivar.training.cli import OneLineParser, positive, positive_int
+from minivar.training.cli import OneLineParser, positive, positive_int, sigterm_like_ctrl_c
 from minivar.training.device import DTYPES, autocast, choose_dtype, describe_machine, pick_device
 from minivar.var import VAR, VARConfig
 
@@ -275,9 +275,14 @@ def main(argv=None):
         total = (torch.cuda.get_device_properties(device).total_memory * 0.9 if device.type == "cuda"
                  else os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2)
         args.max_memory_gib = total / 2**30
+    sigterm_like_ctrl_c()  # SIGTERM ends the study as Ctrl-C does: one line, exit status 130
     print(f"training cost on {device}: n {args.grids}, batches {args.batch_sizes}, {args.attention}")
-    result = study(args.grids, args.batch_sizes, args.attention, args.dim, args.depth, args.heads, args.ratio, device,
-                   args.max_run_s, args.max_memory_gib, args.budget_s, dtype=dtype)
+    try:
+        result = study(args.grids, args.batch_sizes, args.attention, args.dim, args.depth, args.heads, args.ratio,
+                       device, args.max_run_s, args.max_memory_gib, args.budget_s, dtype=dtype)
+    except KeyboardInterrupt:
+        print("\ninterrupted; nothing was written", file=sys.stderr)
+        sys.exit(130)
     result["command"] = " ".join([p.prog, *(sys.argv[1:] if argv is None else argv)])
     print_training_table(result)
     out = Path(args.out_dir) / f"training_cost_{device.type}"
