@@ -150,10 +150,9 @@ def planned_steps(name, train_flags, model_flags, args, tokenizer):
 
 
 def train_to_the_end(command):
-    """Run train.py and return its exit status. It runs in its own session, so that Ctrl-C or
-    SIGTERM reaches it once, from here: it finishes its step, saves and exits 130, and only then
-    does this study stop (a terminal's Ctrl-C sent to both, or the study killed while it waits,
-    would lose the steps since its last checkpoint)."""
+    """Run train.py; its exit status. In its own session, so that Ctrl-C or SIGTERM reaches it once,
+    from here: it finishes its step, saves and exits 130, and only then does the study stop (killed
+    while the study waits, it would lose the steps since its last checkpoint)."""
     child = subprocess.Popen(command, start_new_session=True)
     try:
         return child.wait()
