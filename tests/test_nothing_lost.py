@@ -41,6 +41,12 @@ def one_line(data_dir, out, *args):
     return message
 
 
+def dead_pid():
+    """The pid of a process that has exited."""
+    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def crafted(kind, **changes):
     """A small checkpoint of `kind` as train.py writes it for the tiny preset, at step 5, unfinished."""
     torch.manual_seed(0)
@@ -118,9 +124,7 @@ def test_a_killed_run_leaves_no_lock_behind(tmp_path):
 def test_writers_never_remove_a_temporary_another_live_writer_is_filling(tmp_path):
     target = tmp_path / "samples.png"
     live = tmp_path / f"samples.png.{os.getpid()}.abc.tmp"  # this process is alive: as if another writer's
-    dead_pid = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                              text=True).stdout.strip()
-    dead = tmp_path / f"samples.png.{dead_pid}.abc.tmp"  # its writer has exited: a killed write's leftover
+    dead = tmp_path / f"samples.png.{dead_pid()}.abc.tmp"  # its writer has exited: a killed write's leftover
     live.write_bytes(b"half")
     dead.write_bytes(b"half")
     atomic_write(target, lambda f: f.write(b"png"))

@@ -4,8 +4,6 @@ each, named after what it protects; every one runs in this process, in seconds."
 import errno
 import os
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import asdict
 
@@ -24,22 +22,9 @@ from minivar.training.files import FileError, RunLock, atomic_write
 from minivar.training.presets import PRESETS
 from minivar.training.tokens import cached_tokens
 from tests.conftest import fill_the_disk
+from tests.test_nothing_lost import dead_pid, one_line
 
 TINY_TOKENIZER = TokenizerConfig(**{**PRESETS["tiny"]["tokenizer"][1], "perceptual_weight": 0.0})
-
-
-def one_line(data_dir, out, *args):
-    """train.main's exit message, checked to be a single `error: ...` line."""
-    with pytest.raises(SystemExit) as e:
-        train.main(["--preset", "tiny", "--data-dir", str(data_dir), "--out-dir", str(out), *map(str, args)])
-    message = e.value.code
-    assert isinstance(message, str) and message.startswith("error: ") and "\n" not in message, message
-    return message
-
-
-def dead_pid():
-    return subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
-                          text=True).stdout.strip()
 
 
 # --- 1. the run lock writes into its own file only ---
