@@ -1,5 +1,5 @@
 """The recipe study (studies/recipe.py): one trial at a time, each written as soon as it is scored,
-the next invocation continuing where the written ones stop; `combined` takes what helped."""
+the next invocation continuing where the written ones stop; `combined` takes what helped (recipe_trials.py)."""
 import json
 import signal
 import sys
@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from minivar.studies import evaluate, recipe
+from minivar.studies import evaluate, recipe, recipe_trials
 from minivar.tokenizer import Tokenizer, TokenizerConfig
 from minivar.training.checkpoint import save_checkpoint
 from minivar.training.cli import sigterm_like_ctrl_c
@@ -16,22 +16,31 @@ from tests.conftest import write_fake_cifar
 from tests.test_train import StandIn
 
 
-def fake_result(folder, name, best_fid):
-    (folder / f"{name}.json").write_text(json.dumps({"name": name, "best_fid": best_fid}))
+def fake_result(folder, name, best_fid, ce=4.9, ce_ema=4.9):
+    (folder / f"{name}.json").write_text(json.dumps({"name": name, "best_fid": best_fid, "test_ce": ce,
+                                                     "test_ce_ema": ce_ema}))
 
 
-def test_combined_takes_each_change_that_beat_the_baseline_by_more_than_the_noise(tmp_path):
-    fid = {"base": 60.0, "lr2x": 57.0, "lr3x": 58.0, "batch2x": 59.5, "batch-half": 61.0, "shallower": 58.5,
-           "ema0.99": 70.0}
-    for name, value in fid.items():
-        fake_result(tmp_path, name, value)
-    train, model = recipe.trial_changes("combined", "cpu", tmp_path)
+def test_combined_takes_each_change_that_helped_by_fid_or_by_test_loss_within_the_fid_noise(tmp_path):
+    results = {"base": (60.0, 4.90), "lr2x": (60.5, 4.85),  # FID within the noise, test loss clearly lower
+               "lr3x": (57.0, 4.87),  # FID clearly better; lr2x's loss is lower still, so it sets the rate
+               "batch2x": (59.5, 4.89),  # both within the noise: no
+               "batch-half": (61.5, 4.80),  # loss lower but FID worse by more than the noise: no
+               "shallower": (58.5, 4.95),  # FID better by more than the noise: yes, whatever the loss
+               "ema0.99": (70.0, 4.90)}
+    for name, (fid, ce) in results.items():
+        fake_result(tmp_path, name, fid, ce_ema=ce)
+    train, model = recipe_trials.trial_changes("combined", "cpu", tmp_path)
     lr = PRESETS["cpu"]["var"][0]["lr"]
-    # lr2x and lr3x both helped: the better one sets the learning rate; batch2x is within the noise
     assert train == {"lr": 2 * lr} and model == {"depth": PRESETS["cpu"]["var"][1]["depth"] - 2}
+    # the loss compared is the moving average's (samples come from it), the raw weights' where there is none
+    fake_result(tmp_path, "batch2x", 59.5, ce=4.89, ce_ema=4.70)
+    fake_result(tmp_path, "ema0.99", 60.0, ce=4.80, ce_ema=None)
+    train, _ = recipe_trials.trial_changes("combined", "cpu", tmp_path)
+    assert train == {"lr": 2 * lr, "batch_size": 2 * PRESETS["cpu"]["var"][0]["batch_size"], "ema_decay": 0.99}
     (tmp_path / "ema0.99.json").unlink()
     with pytest.raises(ValueError, match="ema0.99 not yet"):
-        recipe.trial_changes("combined", "cpu", tmp_path)
+        recipe_trials.trial_changes("combined", "cpu", tmp_path)
 
 
 CHILD = """

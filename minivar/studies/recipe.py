@@ -7,19 +7,16 @@
 
 Every trial trains the preset's VAR stage from scratch on the same frozen tokenizer (by default
 the one the shipped model carries) with one change, for the wall clock the preset's own steps
-take, then draws --n samples at a small guidance sweep and scores their FID against the
-CIFAR-10 test split. A trial whose step costs the same as the baseline's (a learning rate,
-an EMA decay) trains the same number of steps; one whose step costs more or less (a batch
-size, a model size) trains steps × (the baseline's seconds per step / its own), the two
-timed in turns in one process, so that a busy machine slows both alike. When the single
-changes are done, `combined` takes every change that beat the baseline by more than the
-noise of --n samples (the best one per setting).
+take: a trial whose step costs more or less (a batch size, a model size) trains steps × (the
+baseline's seconds per step / its own), the two timed in turns in one process, so that a busy
+machine slows both alike. It then draws --n samples at a small guidance sweep and scores their
+FID against the CIFAR-10 test split. When the single changes are done, `combined` takes every
+change that helped (recipe_trials.py says which and why).
 
 Each trial writes results/recipe/<name>.json as soon as it is scored (settings, steps, seconds,
-test cross-entropy of the raw and averaged weights, FID per guidance setting, machine);
-stopping the study loses at most the trial in flight, and even that one resumes from its last
-checkpoint (its run folder is <work-dir>/<name>). The next invocation continues where the
-JSON files stop.
+test cross-entropy of the raw and averaged weights, FID per guidance setting, machine); a stop
+loses at most the trial in flight, which resumes from its last checkpoint (<work-dir>/<name>).
+The next invocation continues where the JSON files stop.
 """
 import argparse
 import json
@@ -36,6 +33,7 @@ import torch
 
 from minivar.quantizer import flatten_scales
 from minivar.studies import evaluate
+from minivar.studies.recipe_trials import TRIALS, preset_settings, read_result, trial_changes
 from minivar.training.checkpoint import CheckpointError, frozen_tokenizer, load_checkpoint, save_json
 from minivar.training.cli import OneLineParser, positive_int, sigterm_like_ctrl_c
 from minivar.training.device import describe_machine, pick_device
@@ -45,57 +43,7 @@ from minivar.training.presets import PRESETS, run_settings
 from minivar.var import VAR
 
 ROOT = Path(__file__).resolve().parents[2]  # the project's folder, where train.py is
-NOISE = 1.0  # FID differences below this are noise at 1,000 samples (results/README.md)
-
-# name -> (why, change: the preset's VAR training settings and model settings -> the trial's)
-TRIALS = {
-    "base": ("the preset as it is: the baseline every trial is compared with", lambda t, m: ({}, {})),
-    "lr2x": ("twice the peak learning rate: the one change this project measured helping at this budget "
-             "(2.5 FID at 1,000 samples, before the core's weight-decay change)",
-             lambda t, m: ({"lr": 2 * t["lr"]}, {})),
-    "lr3x": ("three times the peak learning rate: is twice already past the best?", lambda t, m: ({"lr": 3 * t["lr"]}, {})),
-    "batch2x": ("twice the batch at equal seconds (fewer steps): a less noisy gradient, as large-batch VAR "
-                "training uses", lambda t, m: ({"batch_size": 2 * t["batch_size"]}, {})),
-    "batch-half": ("half the batch at equal seconds (more steps): the test loss was still falling at the end "
-                   "of the preset's steps, so more, noisier steps may pay", lambda t, m: ({"batch_size": t["batch_size"] // 2}, {})),
-    "shallower": ("two blocks fewer at equal seconds (more steps): at a budget this small a smaller model trained "
-                  "longer can win (compute-optimal scaling)", lambda t, m: ({}, {"depth": m["depth"] - 2})),
-    "ema0.99": ("a shorter moving average (about 100 steps instead of 1,000): the 0.999 average reaches back into "
-                "the first, poor steps of a 1,700-step run", lambda t, m: ({"ema_decay": 0.99}, {})),
-}
 STEP_SHAPE = ("batch_size", "dim", "depth", "heads", "dtype")  # settings that change what a step costs
-
-
-def preset_settings(preset):
-    train, model = PRESETS[preset]["var"]
-    defaults = run_settings("var", {"preset": preset})
-    return {**vars(defaults[0]), **train}, {**vars(defaults[1]), **model}
-
-
-def trial_changes(name, preset, results_dir):
-    """(training flags, model flags) of a trial: its change to the preset; for `combined`, every single
-    change that beat the baseline by more than NOISE (for each setting, the best such change)."""
-    train, model = preset_settings(preset)
-    if name != "combined":
-        return TRIALS[name][1](train, model)
-    done = {n: read_result(results_dir, n) for n in TRIALS}
-    if any(r is None for r in done.values()):
-        raise ValueError("combined needs every single-change trial finished first: " +
-                         ", ".join(n for n, r in done.items() if r is None) + " not yet")
-    base = done["base"]["best_fid"]
-    helped = sorted((r["best_fid"], n) for n, r in done.items() if n != "base" and r["best_fid"] < base - NOISE)
-    changes, taken = ({}, {}), set()
-    for _, n in helped:  # best first: a setting is taken from the trial that moved it best
-        for part, flags in zip(changes, TRIALS[n][1](train, model)):
-            for key, value in flags.items():
-                if key not in taken:
-                    part[key], taken = value, taken | {key}
-    return changes
-
-
-def read_result(results_dir, name):
-    path = Path(results_dir) / f"{name}.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def seconds_per_step(model_cfg, batch, quantizer, device):
