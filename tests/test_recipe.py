@@ -24,7 +24,7 @@ def fake_result(folder, name, best_fid, ce=4.9, ce_ema=4.9):
 def test_combined_takes_each_change_that_helped_by_fid_or_by_test_loss_within_the_fid_noise(tmp_path):
     results = {"base": (60.0, 4.90), "lr2x": (60.5, 4.85),  # FID within the noise, test loss clearly lower
                "lr3x": (57.0, 4.87),  # FID clearly better; lr2x's loss is lower still, so it sets the rate
-               "lr5x": (62.0, 4.84),  # FID worse by more than the noise: no, though its loss is the lowest
+               "lr5x": (62.0, 4.84),  # FID worse by more than the noise: no, though its loss beats lr2x's
                "batch2x": (59.5, 4.89),  # both within the noise: no
                "batch-half": (61.5, 4.80),  # loss lower but FID worse by more than the noise: no
                "shallower": (58.5, 4.95),  # FID better by more than the noise: yes, whatever the loss

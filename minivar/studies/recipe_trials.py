@@ -27,6 +27,7 @@ TRIALS = {
                 "the first, poor steps of a 1,700-step run", lambda t, m: ({"ema_decay": 0.99}, {})),
 }
 
+
 def preset_settings(preset):
     train, model = PRESETS[preset]["var"]
     defaults = run_settings("var", {"preset": preset})
